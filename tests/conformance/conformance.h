@@ -1,0 +1,56 @@
+/* Conformance runner: shared context and helpers.
+ *
+ * `conformance FIXTURES_DIR [FILTER]` walks the fixtures folder, reads the
+ * JSON that describes each set of cases and checks every case it finds. Each
+ * suite lives in its own conf_*.c file and reports one line per case. */
+#ifndef SDGEN_CONFORMANCE_H
+#define SDGEN_CONFORMANCE_H
+
+#include <cjson/cJSON.h>
+
+#include "base/status.h"
+#include "io/safetensors.h"
+#include "tensor/tensor.h"
+
+typedef struct conf_ctx {
+  const char *fixtures; /* root folder, e.g. ../shared/fixtures */
+  const char *filter;   /* substring a case id must contain, or NULL */
+  int passed, failed, skipped;
+  int verbose;
+} conf_ctx;
+
+/* 1 if the case id passes the filter (call before doing work). */
+int conf_wants(const conf_ctx *c, const char *id);
+/* Records one case result and prints its line. `fmt` describes the measured
+ * error (on pass) or the failure. */
+void conf_result(conf_ctx *c, const char *id, int ok, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Records a case that cannot run here (prints SKIP with the reason). */
+void conf_skip(conf_ctx *c, const char *id, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Relative L2 error ||a - b|| / ||b|| (double accumulation). */
+double conf_rel_l2(const float *a, const float *b, int64_t n);
+/* Max |a - b|. */
+double conf_max_abs(const float *a, const float *b, int64_t n);
+
+/* Compares an F32 result against a golden tensor (any float dtype), shape
+ * included; reports the case and returns 1 if within tol. */
+int conf_check_tensor(conf_ctx *c, const char *id, const float *got,
+                      int64_t n, const sd_tensor *golden, double tol);
+
+/* Path join into a static-free buffer. */
+void conf_path(char *out, size_t n, const char *a, const char *b);
+
+/* Suites. Each takes the folder it is about; each reports its own cases. */
+void conf_suite_tokenizers(conf_ctx *c, const char *tokenizers_dir);
+void conf_suite_rng(conf_ctx *c, const char *rng_dir);
+/* SD 1.5 / SDXL family: golden/<model>/cases.json with a "cases" list. */
+void conf_suite_unet_family(conf_ctx *c, const char *model, const char *golden_dir,
+                            const cJSON *cases_json);
+/* SD3 family: golden/<model>/cases.json with a "cases" object. */
+void conf_suite_sd3_family(conf_ctx *c, const char *model, const char *golden_dir,
+                           const cJSON *cases_json);
+void conf_suite_upscale(conf_ctx *c, const char *golden_dir, const cJSON *cases_json);
+
+#endif
