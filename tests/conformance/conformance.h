@@ -51,6 +51,12 @@ void conf_suite_unet_family(conf_ctx *c, const char *model, const char *golden_d
 /* SD3 family: golden/<model>/cases.json with a "cases" object. */
 void conf_suite_sd3_family(conf_ctx *c, const char *model, const char *golden_dir,
                            const cJSON *cases_json);
+/* Scheduler cases of the SD 1.5 / SDXL family (sample module). */
+void conf_scheduler_case(conf_ctx *c, const char *model, const char *golden_dir,
+                         const cJSON *root, const cJSON *kase);
+/* txt2img / img2img cases of the SD 1.5 / SDXL family (pipeline module). */
+void conf_pipeline_case(conf_ctx *c, const char *model, const char *golden_dir,
+                        const cJSON *root, const cJSON *kase);
 void conf_suite_upscale(conf_ctx *c, const char *golden_dir, const cJSON *cases_json);
 
 #endif
