@@ -337,9 +337,7 @@ int sd_unet_load(sd_unet **out, const sd_weights *w, const cJSON *config,
     c->add_in_dim = (int)m->add1_w->shape[1];
     if (!c->addition_time_embed_dim) c->addition_time_embed_dim = 256;
   }
-  if (c->block_out[0] * 4 != c->time_embed_dim) {
-    /* diffusers sizes the sinusoidal projection by block_out[0]. */
-  }
+  c->sample_size = sd_json_int(config, "sample_size", m->add1_w ? 128 : 64);
   *out = m;
   return SD_OK;
 fail:

@@ -33,6 +33,7 @@ typedef struct sd_unet_config {
   /* SDXL "text_time" additional conditioning; 0 when absent */
   int addition_time_embed_dim;
   int add_in_dim;               /* projection_class_embeddings_input_dim */
+  int sample_size;              /* native latent size (64 SD1, 128 SDXL) */
 } sd_unet_config;
 
 typedef struct sd_unet sd_unet;

@@ -1,0 +1,99 @@
+/* sdgen — Stable Diffusion text-to-image on the CPU, as a C library.
+ *
+ *   sdgen_ctx *ctx;
+ *   if (sdgen_ctx_new(&ctx)) return 1;
+ *   sdgen_params p = sdgen_default_params();
+ *   p.prompt = "a lighthouse at dusk";
+ *   p.model = "/models/stable-diffusion-v1-5";   // folder, .safetensors or hub name
+ *   sdgen_result res;
+ *   if (sdgen_generate(ctx, &p, &res) != 0)
+ *     fprintf(stderr, "error: %s\n", sdgen_last_error(ctx));
+ *   else
+ *     printf("wrote %s\n", res.images[0]);
+ *   sdgen_ctx_free(ctx);
+ *
+ * Every function returns 0 on success or a nonzero status; the message of
+ * the last failure stays on the context. Nothing here prints or exits: the
+ * caller receives progress and memory events through callbacks. */
+#ifndef SDGEN_H
+#define SDGEN_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct sdgen_ctx sdgen_ctx;
+
+/* Event kinds delivered to on_event (see pipeline/monitor.h). */
+enum {
+  SDGEN_EVENT_MEMORY = 0,     /* "💾 Memory [stage]: ..." line */
+  SDGEN_EVENT_CLEANUP,        /* what is being freed */
+  SDGEN_EVENT_OPTIMIZATION,   /* an optimization the planner chose */
+  SDGEN_EVENT_WARNING,
+  SDGEN_EVENT_INFO,
+  SDGEN_EVENT_PLAN,
+};
+
+typedef struct sdgen_params {
+  const char *prompt;
+  const char *negative_prompt; /* NULL: none */
+  const char *model;           /* folder, single file or hub name; NULL = default */
+  const char *config_dir;      /* single files: diffusers folder with the configs */
+  const char *tokenizers_dir;  /* folder with clip/ and t5/ tokenizer files */
+  const char *output_dir;      /* default "outputs" */
+  int width, height;           /* 0: the model's native size */
+  int steps;                   /* default 30 */
+  float cfg;                   /* guidance scale; < 0: model default */
+  uint64_t seed;               /* default 42 */
+  int n;                       /* images per prompt, default 1 */
+  const char *sampler;         /* NULL: the model's scheduler */
+  const char *rng;             /* "cpu" (default, diffusers) or "cuda" */
+  const char *init_image;      /* img2img input (PNG or JPEG) or NULL */
+  float strength;              /* img2img strength, (0, 1], default 0.8 */
+  int prefer_fp16;             /* load *.fp16.safetensors variants first */
+  int threads;                 /* 0: physical cores */
+  int keep_latents;            /* keep the .latents.safetensors file */
+  int64_t max_memory;          /* bytes; 0: available memory minus a margin */
+  int dry_run;                 /* plan only */
+  int offline;                 /* never download; use the Hugging Face cache only */
+  /* callbacks */
+  int (*on_progress)(int step, int total, double elapsed_s, void *user); /* nonzero: cancel */
+  void (*on_event)(int kind, const char *text, void *user);
+  /* download progress per file (total -1 if unknown); nonzero: cancel */
+  int (*on_download)(void *user, const char *file, int64_t done, int64_t total,
+                     double bytes_per_s);
+  void *user;
+} sdgen_params;
+
+#define SDGEN_MAX_IMAGES 64
+
+typedef struct sdgen_result {
+  int count;
+  char images[SDGEN_MAX_IMAGES][4096];    /* PNG paths */
+  char metadata[SDGEN_MAX_IMAGES][4096];  /* JSON paths */
+} sdgen_result;
+
+sdgen_params sdgen_default_params(void);
+
+int sdgen_ctx_new(sdgen_ctx **out);
+void sdgen_ctx_free(sdgen_ctx *ctx);
+
+/* Runs one generation: n images from params, written to output_dir as
+ * output_<timestamp>_<index>.png + .json. */
+int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *params, sdgen_result *result);
+
+/* Message of the last failure on ctx ("" if none). */
+const char *sdgen_last_error(const sdgen_ctx *ctx);
+
+/* Requests cancellation of a running sdgen_generate (signal-safe: sets a
+ * flag checked between steps). */
+void sdgen_cancel(sdgen_ctx *ctx);
+
+const char *sdgen_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
