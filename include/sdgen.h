@@ -53,6 +53,22 @@ typedef struct sdgen_params {
   const char *init_image;      /* img2img input (PNG or JPEG) or NULL */
   float strength;              /* img2img strength, (0, 1], default 0.8 */
   int prefer_fp16;             /* load *.fp16.safetensors variants first */
+  /* refiner: img2img pass after the base image (the base model is unloaded
+   * first). refiner_switch in (0, 1): SDXL base -> refiner hand-off in
+   * latent space at that fraction of the steps instead. */
+  const char *refiner;         /* folder, single file or hub name, or NULL */
+  int refiner_steps;           /* default 20 */
+  float refiner_strength;      /* default 0.3 */
+  float refiner_switch;        /* 0: image mode */
+  float aesthetic_score, negative_aesthetic_score; /* SDXL refiner: 6.0 / 2.5 */
+  /* upscaling of the final image: factor 2 or 4 (0/1: none); Lanczos as
+   * PIL does it, or Real-ESRGAN when upscaler names an RRDBNet model. */
+  int upscale;
+  const char *upscaler;
+  int upscale_tile;            /* Real-ESRGAN tile size in pixels, 0 = auto */
+  /* SD3 */
+  int no_t5;                   /* leave T5 out: its part of the prompt is zeros */
+  const char *clip_l, *clip_g, *t5; /* separate text encoder files */
   int threads;                 /* 0: physical cores */
   int keep_latents;            /* keep the .latents.safetensors file */
   int64_t max_memory;          /* bytes; 0: available memory minus a margin */
@@ -83,6 +99,13 @@ void sdgen_ctx_free(sdgen_ctx *ctx);
 /* Runs one generation: n images from params, written to output_dir as
  * output_<timestamp>_<index>.png + .json. */
 int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *params, sdgen_result *result);
+
+/* Finishes a generation whose VAE decode did not complete: decodes the
+ * latents file written next to the output (output_<stamp>.latents.safetensors)
+ * with the VAE of params->model (NULL: the model named in the file) and
+ * writes the images as sdgen_generate would. */
+int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *params, const char *latents_file,
+                 sdgen_result *result);
 
 /* Message of the last failure on ctx ("" if none). */
 const char *sdgen_last_error(const sdgen_ctx *ctx);

@@ -1,9 +1,10 @@
 /* generate — the command-line client of the sdgen library.
  *
- *   generate "a prompt" [--model PATH|ORG/NAME] [--seed N] [--steps N] ...
+ *   generate "a prompt" [--model PATH|ORG/NAME] [--quality PRESET] ...
  *
- * Parses arguments into sdgen_params, renders events, maps failures to one
- * line on stderr and a nonzero exit code. */
+ * Parses arguments into sdgen_params (a preset fills what the flags leave
+ * unset), renders events, and maps failures to one line on stderr and a
+ * nonzero exit code (2 usage, 1 failure, 130 interrupted). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
@@ -12,7 +13,9 @@
 #include <string.h>
 
 #include "base/memprobe.h"
+#include "cli/commands.h"
 #include "cli/console.h"
+#include "cli/presets.h"
 #include "sdgen.h"
 
 #define DEFAULT_MODEL "Lykon/DreamShaper-8"
@@ -27,9 +30,20 @@ static void on_signal(int sig) {
 static void usage(FILE *f) {
   fprintf(f,
           "usage: generate \"PROMPT\" [options]\n"
+          "       generate --list-presets | --list-models | --download MODEL\n"
+          "       generate --decode LATENTS_FILE [--model M] [--output DIR]\n"
           "\n"
+          "model and quality\n"
           "  --model PATH|ORG/NAME   diffusers folder, .safetensors file or hub name\n"
           "                          (default " DEFAULT_MODEL ")\n"
+          "  --quality PRESET        %s\n"
+          "  --pro                   SD 3.5 Large, 28 steps (the 'pro' preset)\n"
+          "  --style NAME            %s\n"
+          "  --refiner MODEL         img2img refiner pass after the base image\n"
+          "  --refiner-steps N       (default 20)   --refiner-strength X (default 0.3)\n"
+          "  --upscale 2|4           upscale the result (Lanczos, or --upscaler)\n"
+          "  --upscaler FILE         Real-ESRGAN RRDBNet weights (.safetensors or .pth)\n"
+          "sampling\n"
           "  --negative-prompt TEXT  what the image should not show\n"
           "  --seed N                random seed (default 42)\n"
           "  --steps N               denoising steps (default 30)\n"
@@ -37,23 +51,29 @@ static void usage(FILE *f) {
           "  --width W --height H    image size, multiples of 8 (default: the model's)\n"
           "  --cfg X                 guidance scale (default 7.5 SD 1.5, 5.0 SDXL)\n"
           "  --sampler NAME          pndm ddim euler euler_a dpmpp_2m dpmpp_2m_karras lcm\n"
-          "                          (default: the model's scheduler)\n"
+          "                          flow_euler (default: the model's scheduler)\n"
           "  --rng cpu|cuda          noise as torch's CPU generator (diffusers) or CUDA's\n"
           "  --init-image FILE       img2img from a PNG or JPEG\n"
           "  --strength X            img2img strength in (0, 1] (default 0.8)\n"
+          "  --no-t5                 SD3: leave the T5 encoder out\n"
+          "files\n"
           "  --output DIR            output folder (default ./outputs)\n"
           "  --tokenizers DIR        tokenizer files for single-file checkpoints\n"
           "  --config DIR            diffusers folder with configs for a single file\n"
+          "  --clip-l/--clip-g/--t5 FILE  SD3 text encoders as separate files\n"
           "  --fp16-variant          load *.fp16.safetensors weights where present\n"
-          "  --threads N             threads (default: all cores)\n"
-          "  --max-memory SIZE       memory budget, e.g. 4G or 600M\n"
           "  --keep-latents          keep the latents file next to the image\n"
           "  --offline               never download (Hugging Face cache only)\n"
+          "resources\n"
+          "  --threads N             threads (default: all cores)\n"
+          "  --max-memory SIZE       memory budget, e.g. 4G or 600M\n"
+          "  --dry-run               print the memory plan and exit\n"
           "  --quiet | --verbose     fewer / more messages\n"
-          "  --version, --help\n");
+          "  --version, --help\n",
+          preset_names(), style_names());
 }
 
-/* Parses an integer option value; returns 0 and prints on error. */
+/* Parses an integer option value; prints and returns 0 on error. */
 static int parse_int(const char *opt, const char *v, long long lo, long long hi, long long *out) {
   char *end;
   errno = 0;
@@ -79,45 +99,105 @@ static int parse_float(const char *opt, const char *v, float *out) {
   return 1;
 }
 
+/* Which values the user gave explicitly (a preset fills only the others). */
+typedef struct given {
+  int model, steps, width, height, cfg, sampler, refiner, upscale, negative;
+} given;
+
 int main(int argc, char **argv) {
   sdgen_params p = sdgen_default_params();
+  given g = {0};
   int quiet = 0, verbose = 0;
-  const char *prompt = NULL;
+  const char *prompt = NULL, *quality = NULL, *style_name = NULL;
+  const char *download = NULL, *decode = NULL;
+  int list_presets = 0, list_models = 0;
   long long v;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+#define IS(name) (strcmp(a, name) == 0)
 #define NEED_VALUE                                                   \
   if (!val) {                                                        \
     fprintf(stderr, "error: %s needs a value\n", a);                 \
     return 2;                                                        \
   }                                                                  \
   i++
-    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+    if (IS("--help") || IS("-h")) {
       usage(stdout);
       return 0;
-    } else if (strcmp(a, "--version") == 0) {
+    } else if (IS("--version")) {
       printf("generate (sdgen) %s\n", sdgen_version());
       return 0;
-    } else if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) {
+    } else if (IS("--quiet") || IS("-q")) {
       quiet = 1;
-    } else if (strcmp(a, "--verbose") == 0 || strcmp(a, "-v") == 0) {
+    } else if (IS("--verbose") || IS("-v")) {
       verbose = 1;
-    } else if (strcmp(a, "--keep-latents") == 0) {
+    } else if (IS("--keep-latents")) {
       p.keep_latents = 1;
-    } else if (strcmp(a, "--fp16-variant") == 0) {
+    } else if (IS("--fp16-variant")) {
       p.prefer_fp16 = 1;
-    } else if (strcmp(a, "--offline") == 0) {
+    } else if (IS("--offline")) {
       p.offline = 1;
-    } else if (strcmp(a, "--dry-run") == 0) {
+    } else if (IS("--dry-run")) {
       p.dry_run = 1;
-    } else if (strcmp(a, "--model") == 0 || strcmp(a, "-m") == 0) {
+    } else if (IS("--no-t5")) {
+      p.no_t5 = 1;
+    } else if (IS("--pro")) {
+      quality = "pro";
+    } else if (IS("--list-presets")) {
+      list_presets = 1;
+    } else if (IS("--list-models")) {
+      list_models = 1;
+    } else if (IS("--download")) {
+      NEED_VALUE;
+      download = val;
+    } else if (IS("--decode")) {
+      NEED_VALUE;
+      decode = val;
+    } else if (IS("--quality")) {
+      NEED_VALUE;
+      quality = val;
+    } else if (IS("--style")) {
+      NEED_VALUE;
+      style_name = val;
+    } else if (IS("--model") || IS("-m")) {
       NEED_VALUE;
       p.model = val;
-    } else if (strcmp(a, "--negative-prompt") == 0) {
+      g.model = 1;
+    } else if (IS("--refiner")) {
+      NEED_VALUE;
+      p.refiner = val;
+      g.refiner = 1;
+    } else if (IS("--refiner-steps")) {
+      NEED_VALUE;
+      if (!parse_int(a, val, 1, 10000, &v)) return 2;
+      p.refiner_steps = (int)v;
+    } else if (IS("--refiner-strength")) {
+      NEED_VALUE;
+      if (!parse_float(a, val, &p.refiner_strength)) return 2;
+    } else if (IS("--refiner-switch")) {
+      NEED_VALUE;
+      if (!parse_float(a, val, &p.refiner_switch)) return 2;
+    } else if (IS("--aesthetic-score")) {
+      NEED_VALUE;
+      if (!parse_float(a, val, &p.aesthetic_score)) return 2;
+    } else if (IS("--upscale")) {
+      NEED_VALUE;
+      if (!parse_int(a, val, 0, 64, &v)) return 2;
+      p.upscale = (int)v;
+      g.upscale = 1;
+    } else if (IS("--upscaler")) {
+      NEED_VALUE;
+      p.upscaler = val;
+    } else if (IS("--upscale-tile")) {
+      NEED_VALUE;
+      if (!parse_int(a, val, 16, 4096, &v)) return 2;
+      p.upscale_tile = (int)v;
+    } else if (IS("--negative-prompt")) {
       NEED_VALUE;
       p.negative_prompt = val;
-    } else if (strcmp(a, "--seed") == 0) {
+      g.negative = 1;
+    } else if (IS("--seed")) {
       NEED_VALUE;
       char *end;
       errno = 0;
@@ -127,54 +207,69 @@ int main(int argc, char **argv) {
         return 2;
       }
       p.seed = s;
-    } else if (strcmp(a, "--steps") == 0) {
+    } else if (IS("--steps")) {
       NEED_VALUE;
       if (!parse_int(a, val, 1, 10000, &v)) return 2;
       p.steps = (int)v;
-    } else if (strcmp(a, "--n") == 0 || strcmp(a, "-n") == 0) {
+      g.steps = 1;
+    } else if (IS("--n") || IS("-n")) {
       NEED_VALUE;
       if (!parse_int(a, val, 1, SDGEN_MAX_IMAGES, &v)) return 2;
       p.n = (int)v;
-    } else if (strcmp(a, "--width") == 0 || strcmp(a, "-W") == 0) {
+    } else if (IS("--width") || IS("-W")) {
       NEED_VALUE;
       if (!parse_int(a, val, 8, 16384, &v)) return 2;
       p.width = (int)v;
-    } else if (strcmp(a, "--height") == 0 || strcmp(a, "-H") == 0) {
+      g.width = 1;
+    } else if (IS("--height") || IS("-H")) {
       NEED_VALUE;
       if (!parse_int(a, val, 8, 16384, &v)) return 2;
       p.height = (int)v;
-    } else if (strcmp(a, "--cfg") == 0) {
+      g.height = 1;
+    } else if (IS("--cfg")) {
       NEED_VALUE;
-      if (!parse_float(a, val, &p.cfg) || p.cfg < 0) {
-        if (p.cfg < 0) fprintf(stderr, "error: --cfg must not be negative\n");
+      if (!parse_float(a, val, &p.cfg)) return 2;
+      if (p.cfg < 0) {
+        fprintf(stderr, "error: --cfg must not be negative\n");
         return 2;
       }
-    } else if (strcmp(a, "--sampler") == 0) {
+      g.cfg = 1;
+    } else if (IS("--sampler")) {
       NEED_VALUE;
       p.sampler = val;
-    } else if (strcmp(a, "--rng") == 0) {
+      g.sampler = 1;
+    } else if (IS("--rng")) {
       NEED_VALUE;
       p.rng = val;
-    } else if (strcmp(a, "--init-image") == 0) {
+    } else if (IS("--init-image")) {
       NEED_VALUE;
       p.init_image = val;
-    } else if (strcmp(a, "--strength") == 0) {
+    } else if (IS("--strength")) {
       NEED_VALUE;
       if (!parse_float(a, val, &p.strength)) return 2;
-    } else if (strcmp(a, "--output") == 0 || strcmp(a, "-o") == 0) {
+    } else if (IS("--output") || IS("-o")) {
       NEED_VALUE;
       p.output_dir = val;
-    } else if (strcmp(a, "--tokenizers") == 0) {
+    } else if (IS("--tokenizers")) {
       NEED_VALUE;
       p.tokenizers_dir = val;
-    } else if (strcmp(a, "--config") == 0) {
+    } else if (IS("--config")) {
       NEED_VALUE;
       p.config_dir = val;
-    } else if (strcmp(a, "--threads") == 0) {
+    } else if (IS("--clip-l")) {
+      NEED_VALUE;
+      p.clip_l = val;
+    } else if (IS("--clip-g")) {
+      NEED_VALUE;
+      p.clip_g = val;
+    } else if (IS("--t5")) {
+      NEED_VALUE;
+      p.t5 = val;
+    } else if (IS("--threads")) {
       NEED_VALUE;
       if (!parse_int(a, val, 1, 1024, &v)) return 2;
       p.threads = (int)v;
-    } else if (strcmp(a, "--max-memory") == 0) {
+    } else if (IS("--max-memory")) {
       NEED_VALUE;
       p.max_memory = sd_parse_size(val);
       if (p.max_memory <= 0) {
@@ -191,15 +286,51 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
+  console con;
+  console_init(&con, quiet, verbose);
+  if (list_presets) {
+    presets_print();
+    return 0;
+  }
+  if (list_models) return cmd_list_models(&p, &con);
+  if (download) return cmd_download(download, &p, &con);
+
+  /* A preset fills what the flags left unset. */
+  const preset *pr = NULL;
+  if (quality && !(pr = preset_find(quality))) {
+    fprintf(stderr, "error: unknown quality preset '%s' (%s)\n", quality, preset_names());
+    return 2;
+  }
+  if (pr) {
+    if (!g.model) p.model = pr->model;
+    if (!g.steps) p.steps = pr->steps;
+    if (!g.width && pr->width) p.width = pr->width;
+    if (!g.height && pr->height) p.height = pr->height;
+    if (!g.cfg && pr->cfg >= 0) p.cfg = pr->cfg;
+    if (!g.sampler && pr->sampler) p.sampler = pr->sampler;
+    if (!g.refiner && pr->refiner) p.refiner = pr->refiner;
+    if (!g.upscale && pr->upscale) p.upscale = pr->upscale;
+    if (!style_name && pr->style) style_name = pr->style;
+  }
+  if (decode) return cmd_decode(decode, &p, &con); /* model: --model or the file's */
+  if (!p.model) p.model = DEFAULT_MODEL;
+
   if (!prompt) {
     fprintf(stderr, "error: no prompt given (usage: generate \"a prompt\" [options])\n");
     return 2;
   }
+  char styled[8192];
+  if (style_name) {
+    const style *st = style_find(style_name);
+    if (!st) {
+      fprintf(stderr, "error: unknown style '%s' (%s)\n", style_name, style_names());
+      return 2;
+    }
+    snprintf(styled, sizeof styled, "%s%s", prompt, st->suffix);
+    prompt = styled;
+    if (!g.negative) p.negative_prompt = st->negative;
+  }
   p.prompt = prompt;
-  if (!p.model) p.model = DEFAULT_MODEL;
-
-  console con;
-  console_init(&con, quiet, verbose);
   p.on_event = console_event;
   p.on_progress = console_progress;
   p.on_download = console_download;
@@ -221,9 +352,9 @@ int main(int argc, char **argv) {
   int rc = sdgen_generate(ctx, &p, &res);
   if (rc) {
     fprintf(stderr, "error: %s\n", sdgen_last_error(ctx));
-    int code = strstr(sdgen_last_error(ctx), "cancelled") ? 130 : 1;
+    int cancelled = strcmp(sdgen_last_error(ctx), "cancelled") == 0;
     sdgen_ctx_free(ctx);
-    return code;
+    return cancelled ? 130 : 1;
   }
   for (int i = 0; i < res.count; i++) printf("%s\n", res.images[i]);
   sdgen_ctx_free(ctx);

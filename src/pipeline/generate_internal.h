@@ -1,18 +1,75 @@
-/* Helpers shared by the generation recipe and the CLI's other commands. */
+/* The generation recipe, split into stages that share one run state:
+ *   base (UNet family or SD3) -> [refiner] -> [upscale] -> save
+ * generate.c drives them; each gen_*.c file implements one stage. */
 #ifndef SDGEN_PIPELINE_GENERATE_INTERNAL_H
 #define SDGEN_PIPELINE_GENERATE_INTERNAL_H
 
 #include "base/status.h"
+#include "io/image.h"
 #include "io/safetensors_write.h"
+#include "pipeline/monitor.h"
+#include "sample/scheduler.h"
 #include "sdgen.h"
 
+struct sdgen_ctx {
+  sd_error err;
+  volatile int cancel;
+};
+
+typedef struct gen_run {
+  sdgen_ctx *ctx;
+  const sdgen_params *p;
+  sd_error *err;
+  sd_monitor mon;
+  /* settings resolved from the params and the model */
+  char model_path[4096];
+  const char *model_type; /* "sd1", "sdxl", "sd3" ... */
+  int width, height, steps, n;
+  float cfg;
+  sd_sampler sampler;
+  char stamp[64];           /* output file stem timestamp */
+  char latents_path[4300];  /* saved before the decode; "" when none */
+  /* timings (seconds) */
+  double t_load, t_encode, t_denoise, t_decode, t_refine, t_upscale;
+  double stage_start;
+  /* results of the base stage: images (n, 3, H, W) in [-1, 1] */
+  float *images;
+  /* refiner / upscale outcome for the metadata */
+  char refiner_path[4096];
+  const char *refiner_mode; /* "image" or "latent", NULL when none */
+  char upscale_method[64];
+  int out_width, out_height;
+  sd_image *final; /* n 8-bit images written to disk */
+} gen_run;
+
+/* Stage: the base image(s) from a UNet-family model (SD 1.x/2.x, SDXL). */
+int gen_base_unet(gen_run *r);
+/* Stage: the base image(s) from an SD3 / SD3.5 model. */
+int gen_base_sd3(gen_run *r);
+/* Stage: img2img refinement of r->images with p->refiner. */
+int gen_refine(gen_run *r);
+/* Stage: upscale r->final in place (2x / 4x). */
+int gen_upscale(gen_run *r);
+/* Stage: write PNG + JSON for each image into the result. */
+int gen_save(gen_run *r, sdgen_result *res);
+
+/* The VAE of any supported model (folder, single file, SD3). */
+struct sd_weights;
+struct sd_vae;
+int gen_open_vae(const char *path, int prefer_fp16, const char *config_dir,
+                 struct sd_weights **w, struct sd_vae **vae, sd_error *err);
+
+/* Shared helpers. */
+int gen_progress(int step, int total, void *user); /* sd_step_cb over gen_run */
+int sd_validate_params(const sdgen_params *p, sd_error *err);
+int sd_prepare_output_dir(const char *dir, sd_error *err);
+int sd_write_text_atomic(const char *path, const char *text, sd_error *err);
 /* A path that exists is used as is; otherwise a hub name is resolved
  * through the cache or downloaded. */
 int sd_resolve_model(const sdgen_params *p, const char *name, char *out, size_t n,
                      sd_error *err);
-int sd_validate_params(const sdgen_params *p, sd_error *err);
-int sd_prepare_output_dir(const char *dir, sd_error *err);
-int sd_write_text_atomic(const char *path, const char *text, sd_error *err);
+/* 1 if the model at path is an SD3 pipeline (folder or single file). */
+int sd_model_is_sd3(const char *path);
 /* Saves latents with the model path in the metadata (for --decode). */
 int sd_write_latents(const char *path, const sd_named_tensor *latents, const char *model,
                      sd_error *err);

@@ -1,0 +1,169 @@
+/* sdgen_decode: finishes a generation from the latents file saved before
+ * the VAE decode (a decode that failed, a kill, a crash). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/alloc.h"
+#include "io/checkpoint_map.h"
+#include "io/checkpoint_map_sd3.h"
+#include "io/json.h"
+#include "io/model_dir.h"
+#include "io/safetensors.h"
+#include "models/vae.h"
+#include "pipeline/generate_internal.h"
+#include "pipeline/unet_pipeline.h"
+
+/* The "model" entry of a safetensors file's __metadata__. */
+static int latents_model(const char *path, char *out, size_t n, sd_error *err) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return sd_fail(err, SD_ERR_IO, "cannot open %s", path);
+  unsigned char len8[8];
+  uint64_t hlen = 0;
+  int ok = fread(len8, 1, 8, f) == 8;
+  for (int i = 7; ok && i >= 0; i--) hlen = (hlen << 8) | len8[i];
+  char *hdr = ok && hlen < (1u << 20) ? sd_alloc(hlen + 1) : NULL;
+  ok = hdr && fread(hdr, 1, hlen, f) == hlen;
+  fclose(f);
+  out[0] = 0;
+  if (ok) {
+    hdr[hlen] = 0;
+    cJSON *root = cJSON_Parse(hdr);
+    const char *m = sd_json_str(cJSON_GetObjectItemCaseSensitive(root, "__metadata__"), "model",
+                                NULL);
+    if (m) snprintf(out, n, "%s", m);
+    cJSON_Delete(root);
+  }
+  sd_free(hdr);
+  return ok ? SD_OK : sd_fail(err, SD_ERR_FORMAT, "%s is not a latents file", path);
+}
+
+/* The VAE of any supported model: <folder>/vae, or mapped from a single
+ * file. *w owns the mapping. */
+int gen_open_vae(const char *path, int prefer_fp16, const char *config_dir, sd_weights **w,
+                 sd_vae **vae, sd_error *err) {
+  cJSON *cfg = NULL;
+  char dir[4200];
+  int rc;
+  *w = NULL;
+  *vae = NULL;
+  if (sd_is_dir(path)) {
+    sd_path_join(dir, sizeof dir, path, "vae");
+    rc = sd_component_open(dir, prefer_fp16, w, &cfg, err);
+  } else {
+    sd_weights *file = NULL;
+    if ((rc = sd_weights_open(&file, path, err))) return rc;
+    if (sd_sd3_is_checkpoint(file)) {
+      sd_sd3_components c = {0};
+      rc = sd_sd3_checkpoint_map(file, &c, err);
+      if (!rc) {
+        *w = c.vae;
+        cfg = c.vae_config;
+        c.vae = NULL;
+        c.vae_config = NULL;
+      }
+      sd_sd3_components_free(&c);
+    } else {
+      sd_checkpoint_info info;
+      rc = sd_checkpoint_map(file, &info, NULL, w, NULL, NULL, err);
+      if (!rc && info.family != SD_FAMILY_SD1 && info.family != SD_FAMILY_SD2)
+        cfg = cJSON_Parse("{\"scaling_factor\": 0.13025}");
+    }
+    sd_weights_free(file);
+    if (!rc && config_dir) {
+      cJSON_Delete(cfg);
+      cfg = NULL;
+      sd_path_join(dir, sizeof dir, config_dir, "vae/config.json");
+      if (sd_is_file(dir)) rc = sd_json_read_file(dir, &cfg, err);
+    }
+  }
+  if (!rc && !*w) rc = sd_fail(err, SD_ERR_FORMAT, "%s has no VAE", path);
+  if (!rc) rc = sd_vae_load(vae, *w, cfg, err);
+  cJSON_Delete(cfg);
+  if (rc) {
+    sd_weights_free(*w);
+    *w = NULL;
+  }
+  return rc;
+}
+
+int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *p, const char *latents_file,
+                 sdgen_result *res) {
+  sd_error *err = &ctx->err;
+  sd_error_clear(err);
+  memset(res, 0, sizeof *res);
+  gen_run r = {.ctx = ctx, .p = p, .err = err};
+  sd_monitor_init(&r.mon, NULL, NULL);
+  sd_weights *lw = NULL, *vw = NULL;
+  sd_vae *vae = NULL;
+  char model[4096];
+  int rc = latents_model(latents_file, model, sizeof model, err);
+  if (rc) return rc;
+  if (p->model) snprintf(model, sizeof model, "%s", p->model);
+  if (!model[0])
+    return sd_fail(err, SD_ERR_ARG, "%s does not name its model: pass --model", latents_file);
+  if ((rc = sd_prepare_output_dir(p->output_dir, err))) return rc;
+  if ((rc = sd_resolve_model(p, model, r.model_path, sizeof r.model_path, err))) return rc;
+  if ((rc = sd_weights_open(&lw, latents_file, err))) return rc;
+  const sd_tensor *lt = sd_weights_get(lw, "latents");
+  if (!lt || lt->dtype != SD_F32 || lt->ndim != 4) {
+    rc = sd_fail(err, SD_ERR_FORMAT, "%s holds no F32 (n, C, h, w) 'latents' tensor",
+                 latents_file);
+    goto done;
+  }
+  if ((rc = gen_open_vae(r.model_path, p->prefer_fp16, p->config_dir, &vw, &vae, err))) goto done;
+  int n = (int)lt->shape[0], C = (int)lt->shape[1], h = (int)lt->shape[2], w = (int)lt->shape[3];
+  int f = sd_vae_downscale(vae);
+  if (C != sd_vae_get_config(vae)->latent_channels) {
+    rc = sd_fail(err, SD_ERR_ARG, "the latents have %d channels, the VAE of %s expects %d", C,
+                 model, sd_vae_get_config(vae)->latent_channels);
+    goto done;
+  }
+  if (n > SDGEN_MAX_IMAGES) {
+    rc = sd_fail(err, SD_ERR_FORMAT, "%s holds %d images", latents_file, n);
+    goto done;
+  }
+  r.n = n;
+  r.width = w * f;
+  r.height = h * f;
+  r.model_type = "decode";
+  time_t now = time(NULL);
+  struct tm tmv;
+  localtime_r(&now, &tmv);
+  strftime(r.stamp, sizeof r.stamp, "%Y%m%d_%H%M%S", &tmv);
+  r.images = sd_alloc(sizeof(float) * n * 3 * r.width * r.height);
+  float *lat = sd_alloc(sizeof(float) * n * C * h * w);
+  if (!r.images || !lat) {
+    sd_free(lat);
+    rc = sd_fail(err, SD_ERR_OOM, "out of memory");
+    goto done;
+  }
+  memcpy(lat, lt->data, sizeof(float) * n * C * h * w); /* the view may be unaligned */
+  rc = sd_decode_latents(vae, lat, n, h, w, 1, r.images, err);
+  sd_free(lat);
+  if (rc) goto done;
+  r.final = sd_calloc((size_t)n, sizeof(sd_image));
+  if (!r.final) {
+    rc = sd_fail(err, SD_ERR_OOM, "out of memory");
+    goto done;
+  }
+  int64_t per = 3LL * r.width * r.height;
+  for (int b = 0; b < n && !rc; b++) {
+    rc = sd_image_alloc(&r.final[b], r.width, r.height, 3, err);
+    if (!rc) sd_image_from_planar(&r.final[b], r.images + per * b, 3, SD_RANGE_NEG1_1);
+  }
+  r.out_width = r.width;
+  r.out_height = r.height;
+  if (!rc) rc = gen_save(&r, res);
+  if (!rc && !p->keep_latents) unlink(latents_file);
+done:
+  sd_vae_free(vae);
+  sd_weights_free(vw);
+  sd_weights_free(lw);
+  sd_free(r.images);
+  for (int b = 0; r.final && b < r.n; b++) sd_image_free(&r.final[b]);
+  sd_free(r.final);
+  return rc;
+}

@@ -1,0 +1,169 @@
+/* Save stage: PNG (with AUTOMATIC1111's "parameters" chunk) + JSON metadata
+ * per image, each written to a temporary name and renamed when complete. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "io/model_dir.h"
+#include "pipeline/generate_internal.h"
+#include "tensor/ops.h"
+
+/* AUTOMATIC1111's sampler names, so its readers show ours. */
+static const char *a1111_sampler(sd_sampler s) {
+  switch (s) {
+  case SD_SAMPLER_PNDM: return "PLMS";
+  case SD_SAMPLER_DDIM: return "DDIM";
+  case SD_SAMPLER_EULER: return "Euler";
+  case SD_SAMPLER_EULER_A: return "Euler a";
+  case SD_SAMPLER_DPMPP_2M: return "DPM++ 2M";
+  case SD_SAMPLER_DPMPP_2M_KARRAS: return "DPM++ 2M Karras";
+  case SD_SAMPLER_LCM: return "LCM";
+  case SD_SAMPLER_FLOW_EULER: return "Euler";
+  default: return "?";
+  }
+}
+
+static const char *base_name(const char *path) {
+  size_t n = strlen(path);
+  while (n > 1 && path[n - 1] == '/') n--; /* "dir/" -> "dir" */
+  const char *s = path + n;
+  while (s > path && s[-1] != '/') s--;
+  return s;
+}
+
+/* "prompt\nNegative prompt: ...\nSteps: 30, Sampler: ..., Seed: 42, ..." */
+static void a1111_parameters(const gen_run *r, char *buf, size_t n) {
+  const sdgen_params *p = r->p;
+  char model[256];
+  snprintf(model, sizeof model, "%s", base_name(r->model_path));
+  size_t u = (size_t)snprintf(buf, n, "%s\n", p->prompt);
+  if (p->negative_prompt && u < n)
+    u += (size_t)snprintf(buf + u, n - u, "Negative prompt: %s\n", p->negative_prompt);
+  if (u < n)
+    u += (size_t)snprintf(buf + u, n - u,
+                          "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %dx%d, "
+                          "Model: %s, RNG: %s",
+                          r->steps, a1111_sampler(r->sampler), r->cfg,
+                          (unsigned long long)p->seed, r->width, r->height, model,
+                          p->rng && strcmp(p->rng, "cuda") == 0 ? "NV" : "CPU");
+  if (p->init_image && u < n)
+    u += (size_t)snprintf(buf + u, n - u, ", Denoising strength: %g", p->strength);
+  if (r->refiner_mode && u < n)
+    u += (size_t)snprintf(buf + u, n - u, ", Refiner: %s", base_name(r->refiner_path));
+  if (r->upscale_method[0] && u < n)
+    u += (size_t)snprintf(buf + u, n - u, ", Upscale: %dx %s", p->upscale, r->upscale_method);
+  if (u < n) snprintf(buf + u, n - u, ", Version: sdgen %s", SDGEN_VERSION);
+}
+
+static cJSON *metadata(const gen_run *r, int index, const char *png_name) {
+  const sdgen_params *p = r->p;
+  cJSON *o = cJSON_CreateObject();
+  if (!o) return NULL;
+  cJSON_AddStringToObject(o, "prompt", p->prompt);
+  if (p->negative_prompt)
+    cJSON_AddStringToObject(o, "negative_prompt", p->negative_prompt);
+  else
+    cJSON_AddNullToObject(o, "negative_prompt");
+  cJSON_AddNumberToObject(o, "seed", (double)p->seed);
+  cJSON_AddStringToObject(o, "generator", p->rng ? p->rng : "cpu");
+  cJSON_AddNumberToObject(o, "steps", r->steps);
+  cJSON_AddStringToObject(o, "sampler", sd_sampler_name(r->sampler));
+  cJSON_AddNumberToObject(o, "cfg", r->cfg);
+  cJSON_AddNumberToObject(o, "width", r->width);
+  cJSON_AddNumberToObject(o, "height", r->height);
+  cJSON_AddNumberToObject(o, "output_width", r->out_width);
+  cJSON_AddNumberToObject(o, "output_height", r->out_height);
+  cJSON_AddNumberToObject(o, "n", r->n);
+  cJSON_AddNumberToObject(o, "index", index);
+  cJSON_AddStringToObject(o, "image", png_name);
+  if (p->init_image) {
+    cJSON_AddStringToObject(o, "init_image", p->init_image);
+    cJSON_AddNumberToObject(o, "strength", p->strength);
+  }
+  cJSON *model = cJSON_AddObjectToObject(o, "model");
+  if (model) {
+    cJSON_AddStringToObject(model, "name", p->model ? p->model : "");
+    cJSON_AddStringToObject(model, "path", r->model_path);
+    cJSON_AddStringToObject(model, "type", r->model_type ? r->model_type : "?");
+  }
+  if (r->refiner_mode) {
+    cJSON *ref = cJSON_AddObjectToObject(o, "refiner");
+    if (ref) {
+      cJSON_AddStringToObject(ref, "path", r->refiner_path);
+      cJSON_AddStringToObject(ref, "mode", r->refiner_mode);
+      cJSON_AddNumberToObject(ref, "steps", p->refiner_steps > 0 ? p->refiner_steps : 20);
+      cJSON_AddNumberToObject(ref, "strength",
+                              p->refiner_strength > 0 ? p->refiner_strength : 0.3);
+    }
+  } else {
+    cJSON_AddNullToObject(o, "refiner");
+  }
+  if (r->upscale_method[0]) {
+    cJSON *up = cJSON_AddObjectToObject(o, "upscale");
+    if (up) {
+      cJSON_AddNumberToObject(up, "factor", p->upscale);
+      cJSON_AddStringToObject(up, "method", r->upscale_method);
+      cJSON_AddNumberToObject(up, "width", r->out_width);
+      cJSON_AddNumberToObject(up, "height", r->out_height);
+    }
+  } else {
+    cJSON_AddNullToObject(o, "upscale");
+  }
+  cJSON *t = cJSON_AddObjectToObject(o, "timings_s");
+  if (t) {
+    cJSON_AddNumberToObject(t, "model_load", r->t_load);
+    cJSON_AddNumberToObject(t, "text_encoding", r->t_encode);
+    cJSON_AddNumberToObject(t, "denoising", r->t_denoise);
+    cJSON_AddNumberToObject(t, "vae_decode", r->t_decode);
+    cJSON_AddNumberToObject(t, "refiner", r->t_refine);
+    cJSON_AddNumberToObject(t, "upscale", r->t_upscale);
+    cJSON_AddNumberToObject(t, "total", sd_monitor_elapsed(&r->mon));
+  }
+  cJSON_AddNumberToObject(o, "threads", sd_get_threads());
+  cJSON_AddStringToObject(o, "version", SDGEN_VERSION);
+  cJSON *opts = cJSON_AddArrayToObject(o, "optimizations");
+  for (int i = 0; opts && i < r->mon.nopt; i++)
+    cJSON_AddItemToArray(opts, cJSON_CreateString(r->mon.optimizations[i]));
+  cJSON *mem = sd_monitor_to_json(&r->mon);
+  if (mem) cJSON_AddItemToObject(o, "memory", mem);
+  return o;
+}
+
+int gen_save(gen_run *r, sdgen_result *res) {
+  const sdgen_params *p = r->p;
+  for (int b = 0; b < r->n; b++) {
+    char png[4096], json[4096], name[256], params_text[8192];
+    int k = 0;
+    do { /* never overwrite an earlier image */
+      snprintf(name, sizeof name, k ? "output_%s_%d_%d" : "output_%s_%d", r->stamp, b, k);
+      snprintf(png, sizeof png, "%.3800s/%s.png", p->output_dir, name);
+      k++;
+    } while (sd_is_file(png) && k < 1000);
+    snprintf(json, sizeof json, "%.3800s/%s.json", p->output_dir, name);
+    a1111_parameters(r, params_text, sizeof params_text);
+    sd_png_text text = {"parameters", params_text};
+    int rc = sd_image_write_png(png, &r->final[b], &text, 1, r->err);
+    if (rc) return rc;
+    char png_base[300];
+    snprintf(png_base, sizeof png_base, "%s.png", name);
+    if (b == r->n - 1) sd_monitor_stage(&r->mon, "On completion");
+    cJSON *meta = metadata(r, b, png_base);
+    char *text_json = meta ? cJSON_Print(meta) : NULL;
+    cJSON_Delete(meta);
+    if (!text_json) {
+      unlink(png);
+      return sd_fail(r->err, SD_ERR_OOM, "out of memory");
+    }
+    rc = sd_write_text_atomic(json, text_json, r->err);
+    free(text_json);
+    if (rc) {
+      unlink(png);
+      return rc;
+    }
+    snprintf(res->images[res->count], sizeof res->images[0], "%s", png);
+    snprintf(res->metadata[res->count], sizeof res->metadata[0], "%s", json);
+    res->count++;
+  }
+  return SD_OK;
+}
