@@ -73,6 +73,11 @@ typedef struct sdgen_params {
   int keep_latents;            /* keep the .latents.safetensors file */
   int64_t max_memory;          /* bytes; 0: available memory minus a margin */
   int dry_run;                 /* plan only */
+  /* memory plan: the planner picks the fastest strategy that fits
+   * max_memory; min_plan forces at least this strategy (0 resident,
+   * 1 release text encoders, 2 VAE slicing, 3 VAE tiling, 4 weight
+   * streaming; -1: no minimum) */
+  int min_plan;
   int offline;                 /* never download; use the Hugging Face cache only */
   /* callbacks */
   int (*on_progress)(int step, int total, double elapsed_s, void *user); /* nonzero: cancel */

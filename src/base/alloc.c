@@ -4,6 +4,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -19,6 +20,15 @@ static _Atomic int64_t g_calls;
 static _Atomic int64_t g_fail_at = -1; /* -1: not yet read from env */
 static _Atomic int g_fail_sticky;
 static _Atomic int g_fault_hit;
+static _Atomic int g_plan;
+static int64_t g_plan_saved_in_use, g_plan_saved_peak;
+
+/* The header records the payload size and whether the block is a plan-mode
+ * mapping (freed with munmap) or a heap block. */
+typedef struct block_header {
+  size_t size;
+  int mapped;
+} block_header;
 
 static void read_env_once(void) {
   int64_t expected = -1;
@@ -47,9 +57,20 @@ void *sd_alloc(size_t size) {
   if (should_fail()) return NULL;
   if (size > SIZE_MAX - 2 * HEADER) return NULL;
   size_t total = (size + HEADER + 63) & ~(size_t)63;
-  unsigned char *base = aligned_alloc(64, total);
+  block_header h = {size, 0};
+  unsigned char *base;
+  if (atomic_load(&g_plan)) {
+    /* Address space only: pages are committed when touched, and plan-mode
+     * kernels touch nothing. */
+    void *m = mmap(NULL, total, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    base = m == MAP_FAILED ? NULL : m;
+    h.mapped = 1;
+  } else {
+    base = aligned_alloc(64, total);
+  }
   if (!base) return NULL;
-  memcpy(base, &size, sizeof size);
+  memcpy(base, &h, sizeof h);
   int64_t now = atomic_fetch_add(&g_in_use, (int64_t)size) + (int64_t)size;
   int64_t peak = atomic_load(&g_peak);
   while (now > peak && !atomic_compare_exchange_weak(&g_peak, &peak, now)) {
@@ -68,10 +89,13 @@ void *sd_calloc(size_t count, size_t size) {
 void sd_free(void *p) {
   if (!p) return;
   unsigned char *base = (unsigned char *)p - HEADER;
-  size_t size;
-  memcpy(&size, base, sizeof size);
-  atomic_fetch_sub(&g_in_use, (int64_t)size);
-  free(base);
+  block_header h;
+  memcpy(&h, base, sizeof h);
+  atomic_fetch_sub(&g_in_use, (int64_t)h.size);
+  if (h.mapped)
+    munmap(base, (h.size + HEADER + 63) & ~(size_t)63);
+  else
+    free(base);
 }
 
 char *sd_strdup(const char *s) {
@@ -100,6 +124,23 @@ void sd_alloc_fail_at(int64_t n, int sticky) {
 
 int64_t sd_alloc_calls_since_arm(void) { return atomic_load(&g_calls); }
 int sd_alloc_fault_triggered(void) { return atomic_load(&g_fault_hit); }
+
+void sd_plan_begin(void) {
+  g_plan_saved_in_use = atomic_load(&g_in_use);
+  g_plan_saved_peak = atomic_load(&g_peak);
+  atomic_store(&g_peak, g_plan_saved_in_use);
+  atomic_store(&g_plan, 1);
+}
+
+int64_t sd_plan_end(void) {
+  atomic_store(&g_plan, 0);
+  int64_t peak = atomic_load(&g_peak) - g_plan_saved_in_use;
+  /* the real run's peak record is not disturbed by planning */
+  atomic_store(&g_peak, g_plan_saved_peak);
+  return peak;
+}
+
+int sd_plan_active(void) { return atomic_load(&g_plan); }
 
 void sd_alloc_trim(void) {
 #if defined(__GLIBC__)

@@ -43,6 +43,16 @@ void sd_alloc_fail_at(int64_t n, int sticky);
 int64_t sd_alloc_calls_since_arm(void);
 int sd_alloc_fault_triggered(void);
 
+/* Plan mode: the same model code runs, but kernels return at once and
+ * sd_alloc hands out untouched, lazily-committed address space, so a forward
+ * pass costs almost nothing and the tracked peak is the exact activation
+ * peak of the real run. Process-wide (it describes what the process would
+ * allocate); not for concurrent real work. */
+void sd_plan_begin(void);
+/* Ends plan mode; returns the tracked peak bytes reached while planning. */
+int64_t sd_plan_end(void);
+int sd_plan_active(void);
+
 /* Gives freed heap pages back to the operating system (malloc_trim). */
 void sd_alloc_trim(void);
 

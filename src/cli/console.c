@@ -11,12 +11,16 @@ void console_init(console *c, int quiet, int verbose) {
   c->verbose = verbose;
   c->tty = isatty(STDERR_FILENO);
   c->last_step_printed = 0;
+  c->show_plan = 0;
 }
 
 void console_event(int kind, const char *text, void *user) {
   console *c = user;
+  if (kind == SDGEN_EVENT_PLAN) {
+    if (c->verbose || c->show_plan) fprintf(stderr, "%s\n", text);
+    return;
+  }
   if (c->quiet && kind != SDGEN_EVENT_WARNING) return;
-  if (kind == SDGEN_EVENT_PLAN && !c->verbose) return;
   switch (kind) {
   case SDGEN_EVENT_CLEANUP: fprintf(stderr, "\xF0\x9F\xA7\xB9 %s\n", text); break;
   case SDGEN_EVENT_OPTIMIZATION: fprintf(stderr, "  \xE2\x86\x92 %s\n", text); break;

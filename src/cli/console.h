@@ -7,6 +7,7 @@
 
 typedef struct console {
   int quiet, verbose, tty;
+  int show_plan; /* --dry-run: the plan is the output */
   int last_step_printed;
 } console;
 

@@ -68,6 +68,8 @@ static void usage(FILE *f) {
           "  --threads N             threads (default: all cores)\n"
           "  --max-memory SIZE       memory budget, e.g. 4G or 600M\n"
           "  --dry-run               print the memory plan and exit\n"
+          "  --plan NAME             at least this memory strategy: resident, release,\n"
+          "                          slicing, tiling, streaming (default: fastest that fits)\n"
           "  --quiet | --verbose     fewer / more messages\n"
           "  --version, --help\n",
           preset_names(), style_names());
@@ -269,6 +271,17 @@ int main(int argc, char **argv) {
       NEED_VALUE;
       if (!parse_int(a, val, 1, 1024, &v)) return 2;
       p.threads = (int)v;
+    } else if (IS("--plan")) {
+      NEED_VALUE;
+      static const char *const plans[] = {"resident", "release", "slicing", "tiling",
+                                          "streaming"};
+      p.min_plan = -2;
+      for (int k = 0; k < 5; k++)
+        if (strcmp(val, plans[k]) == 0) p.min_plan = k;
+      if (p.min_plan == -2) {
+        fprintf(stderr, "error: --plan expects resident, release, slicing, tiling or streaming\n");
+        return 2;
+      }
     } else if (IS("--max-memory")) {
       NEED_VALUE;
       p.max_memory = sd_parse_size(val);
@@ -288,6 +301,7 @@ int main(int argc, char **argv) {
   }
   console con;
   console_init(&con, quiet, verbose);
+  con.show_plan = p.dry_run;
   if (list_presets) {
     presets_print();
     return 0;

@@ -21,6 +21,9 @@ typedef struct mapped_file {
   void *base;
   size_t size;
   char *path;
+  /* Set instead of base/size for a tensor handed over by
+   * sd_weights_put_owned: the refcount then governs its lifetime. */
+  sd_tensor *owned;
 } mapped_file;
 
 typedef struct entry {
@@ -50,6 +53,7 @@ sd_weights *sd_weights_new(void) {
 static void file_unref(mapped_file *f) {
   if (!f || --f->refs > 0) return;
   if (f->base && f->size) munmap(f->base, f->size);
+  sd_tensor_free(f->owned);
   sd_free(f->path);
   sd_free(f);
 }
@@ -102,7 +106,7 @@ static int put(sd_weights *w, const char *name, const sd_tensor *view,
   e->name = sd_strdup(name);
   if (!e->name) return sd_fail(err, SD_ERR_OOM, "out of memory indexing weights");
   e->view = *view;
-  e->view.owns_data = 0;
+  e->view.owns_data = view->owns_data == 2 ? 2 : 0; /* 2: heap data held by the set */
   e->file = file;
   if (file) file->refs++;
   w->slots[-slot - 2] = w->count++;
@@ -353,6 +357,41 @@ int sd_weights_alias(sd_weights *w, const char *name, const sd_weights *src,
   if (slot < 0) return sd_fail(err, SD_ERR_ARG, "tensor '%s' not found", existing);
   const entry *e = &src->entries[src->slots[slot]];
   sd_tensor view = e->view;
+  return put(w, name, &view, e->file, err);
+}
+
+int sd_weights_put_owned(sd_weights *w, const char *name, sd_tensor *t,
+                         sd_error *err) {
+  mapped_file *holder = sd_calloc(1, sizeof *holder);
+  if (!holder) {
+    sd_tensor_free(t);
+    return sd_fail(err, SD_ERR_OOM, "out of memory adding '%s'", name);
+  }
+  holder->owned = t;
+  holder->refs = 1; /* dropped below: the entry (and its aliases) keep it */
+  int rc = put(w, name, t, holder, err);
+  /* Heap data, not a file mapping: mark the view so residency code never
+   * drops its pages (owns_data 2 = owned by the set, not by the view). */
+  if (!rc) w->entries[w->count - 1].view.owns_data = 2;
+  file_unref(holder);
+  return rc;
+}
+
+int sd_weights_alias_rows(sd_weights *w, const char *name, const sd_weights *src,
+                          const char *existing, int64_t row_begin, int64_t rows,
+                          sd_error *err) {
+  int slot = find_slot(src, existing);
+  if (slot < 0) return sd_fail(err, SD_ERR_ARG, "tensor '%s' not found", existing);
+  const entry *e = &src->entries[src->slots[slot]];
+  sd_tensor view = e->view;
+  if (view.ndim < 1 || row_begin < 0 || rows < 0 ||
+      row_begin > view.shape[0] - rows)
+    return sd_fail(err, SD_ERR_ARG, "rows [%lld, %lld) outside tensor '%s'",
+                   (long long)row_begin, (long long)(row_begin + rows), existing);
+  size_t row_bytes = sd_dtype_size(view.dtype);
+  for (int i = 1; i < view.ndim; i++) row_bytes *= (size_t)view.shape[i];
+  view.data = (char *)view.data + (size_t)row_begin * row_bytes;
+  view.shape[0] = rows;
   return put(w, name, &view, e->file, err);
 }
 

@@ -44,6 +44,20 @@ int sd_weights_open(sd_weights **out, const char *path, sd_error *err);
 int sd_weights_alias(sd_weights *w, const char *name, const sd_weights *src,
                      const char *existing, sd_error *err);
 
+/* Adds `t` (from sd_tensor_new_dtype, any dtype) under `name`; the set takes
+ * ownership, also on failure, and frees it when the last set referring to it
+ * (through aliases) is freed. Used where a layout needs a converted copy,
+ * e.g. a transposed projection. */
+int sd_weights_put_owned(sd_weights *w, const char *name, sd_tensor *t,
+                         sd_error *err);
+
+/* Adds `name` as a view of rows [row_begin, row_begin + rows) of dimension 0
+ * of `existing` in `src`, without copying (e.g. q/k/v out of a fused
+ * in_proj_weight). SD_ERR_ARG if absent or the rows fall outside. */
+int sd_weights_alias_rows(sd_weights *w, const char *name, const sd_weights *src,
+                          const char *existing, int64_t row_begin, int64_t rows,
+                          sd_error *err);
+
 /* Looks up a tensor; NULL when absent. The view lives as long as the set. */
 const sd_tensor *sd_weights_get(const sd_weights *w, const char *name);
 

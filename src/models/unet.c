@@ -7,6 +7,7 @@
 
 #include "base/alloc.h"
 #include "io/json.h"
+#include "io/residency.h"
 #include "tensor/ops.h"
 
 /* ---- weights, bound once ---- */
@@ -58,6 +59,7 @@ struct sd_unet {
   resnet mid_res[2];
   transformer *mid_attn;
   const sd_tensor *norm_out_w, *norm_out_b, *conv_out_w, *conv_out_b;
+  int stream_weights;
 };
 
 typedef struct binder {
@@ -358,6 +360,69 @@ void sd_unet_free(sd_unet *m) {
 
 const sd_unet_config *sd_unet_get_config(const sd_unet *m) { return &m->cfg; }
 
+/* ---- weight residency ---- */
+
+#define RELEASE(...)                                                      \
+  do {                                                                    \
+    const sd_tensor *list_[] = {__VA_ARGS__};                             \
+    for (size_t i_ = 0; i_ < sizeof list_ / sizeof list_[0]; i_++)        \
+      sd_tensor_release_pages(list_[i_]);                                 \
+  } while (0)
+
+static int64_t bytes_of(const sd_tensor *const *list, int n) {
+  int64_t b = 0;
+  for (int i = 0; i < n; i++)
+    if (list[i]) b += (int64_t)sd_tensor_nbytes(list[i]);
+  return b;
+}
+
+static int64_t resnet_bytes(const resnet *r) {
+  const sd_tensor *l[] = {r->norm1_w, r->norm1_b, r->conv1_w, r->conv1_b, r->temb_w, r->temb_b,
+                          r->norm2_w, r->norm2_b, r->conv2_w, r->conv2_b, r->skip_w, r->skip_b};
+  return bytes_of(l, 12);
+}
+
+static void release_resnet(const resnet *r) {
+  RELEASE(r->norm1_w, r->norm1_b, r->conv1_w, r->conv1_b, r->temb_w, r->temb_b, r->norm2_w,
+          r->norm2_b, r->conv2_w, r->conv2_b, r->skip_w, r->skip_b);
+}
+
+static int64_t tblock_bytes(const tblock *k) {
+  const sd_tensor *l[] = {k->norm1_w, k->norm1_b, k->norm2_w, k->norm2_b, k->norm3_w, k->norm3_b,
+                          k->self.q, k->self.k, k->self.v, k->self.out_w, k->self.out_b,
+                          k->cross.q, k->cross.k, k->cross.v, k->cross.out_w, k->cross.out_b,
+                          k->ff1_w, k->ff1_b, k->ff2_w, k->ff2_b};
+  return bytes_of(l, 20);
+}
+
+static void release_tblock(const tblock *k) {
+  RELEASE(k->norm1_w, k->norm1_b, k->norm2_w, k->norm2_b, k->norm3_w, k->norm3_b, k->self.q,
+          k->self.k, k->self.v, k->self.out_w, k->self.out_b, k->cross.q, k->cross.k,
+          k->cross.v, k->cross.out_w, k->cross.out_b, k->ff1_w, k->ff1_b, k->ff2_w, k->ff2_b);
+}
+
+void sd_unet_set_weight_streaming(sd_unet *m, int on) { m->stream_weights = on; }
+
+int64_t sd_unet_largest_block_bytes(const sd_unet *m) {
+  int64_t best = 0;
+  const level *lv[2 * SD_UNET_MAX_LEVELS];
+  int nl = 0;
+  for (int i = 0; i < m->cfg.levels; i++) lv[nl++] = &m->down[i], lv[nl++] = &m->up[i];
+  for (int i = 0; i < nl; i++)
+    for (int j = 0; j < lv[i]->nres; j++) {
+      int64_t b = resnet_bytes(&lv[i]->res[j]);
+      if (b > best) best = b;
+      if (lv[i]->attn[j])
+        for (int k = 0; k < lv[i]->attn[j]->depth; k++) {
+          int64_t tb = tblock_bytes(&lv[i]->attn[j]->blocks[k]);
+          if (tb > best) best = tb;
+        }
+    }
+  for (int j = 0; j < 2; j++)
+    if (resnet_bytes(&m->mid_res[j]) > best) best = resnet_bytes(&m->mid_res[j]);
+  return best;
+}
+
 /* ---- forward ---- */
 
 typedef struct run {
@@ -403,6 +468,7 @@ static int resnet_forward(run *r, const resnet *rs, const float *x, int H, int W
 oom:
   OOM(r);
 done:
+  if (r->m->stream_weights) release_resnet(rs);
   sd_free(h);
   sd_free(h2);
   sd_free(t);
@@ -475,19 +541,16 @@ static int transformer_forward(run *r, const transformer *t, float *x, int H, in
     sd_add_inplace(h, a, T * C);
     sd_layer_norm(n, h, T, C, k->norm3_w, k->norm3_b, 1e-5f);
     if ((rc = sd_linear(ff, n, T, C, k->ff1_w, k->ff1_b))) goto oom;
-    /* GEGLU: first half is the value, second half the gate. */
-    for (int64_t row = 0; row < T; row++) {
-      float *val = ff + row * 2 * k->inner, *gate = val + k->inner;
-      sd_gelu(gate, k->inner);
-      sd_mul_inplace(val, gate, k->inner);
-      if (row) memmove(ff + row * k->inner, val, sizeof(float) * k->inner);
-    }
+    sd_geglu(ff, ff, T, k->inner); /* [value, gate] -> value * gelu(gate) */
     if ((rc = sd_linear(a, ff, T, k->inner, k->ff2_w, k->ff2_b))) goto oom;
     sd_add_inplace(h, a, T * C);
+    if (r->m->stream_weights) release_tblock(k);
   }
   if ((rc = sd_linear(n, h, T, C, &t->proj_out, t->proj_out_b))) goto oom;
   sd_nhwc_to_nchw(g, n, B, C, HW);
   sd_add_inplace(x, g, T * C);
+  if (r->m->stream_weights)
+    RELEASE(t->norm_w, t->norm_b, &t->proj_in, t->proj_in_b, &t->proj_out, t->proj_out_b);
   goto done;
 oom:
   OOM(r);
@@ -696,6 +759,14 @@ int sd_unet_forward(const sd_unet *m, const float *sample, int B, int H, int W,
                 c->norm_eps);
   sd_silu(cur, (int64_t)B * ch * h * w);
   if ((rc = sd_conv2d(out, cur, B, ch, h, w, m->conv_out_w, m->conv_out_b, 1, 1))) goto oom;
+  if (m->stream_weights) {
+    /* the small tensors too: a streamed run leaves nothing resident */
+    RELEASE(m->conv_in_w, m->conv_in_b, m->time1_w, m->time1_b, m->time2_w, m->time2_b,
+            m->add1_w, m->add1_b, m->add2_w, m->add2_b, m->norm_out_w, m->norm_out_b,
+            m->conv_out_w, m->conv_out_b);
+    for (int i = 0; i < c->levels; i++)
+      RELEASE(m->down[i].sample_w, m->down[i].sample_b, m->up[i].sample_w, m->up[i].sample_b);
+  }
   sd_free(cur);
   cur = NULL;
   goto done;

@@ -46,6 +46,13 @@ int sd_unet_load(sd_unet **out, const sd_weights *w, const cJSON *config,
 void sd_unet_free(sd_unet *m);
 const sd_unet_config *sd_unet_get_config(const sd_unet *m);
 
+/* Weight streaming: when on, every block's weights are dropped from the
+ * process (madvise) right after the block ran, so only one block's weights
+ * are resident at a time; the page cache keeps the file. Off by default. */
+void sd_unet_set_weight_streaming(sd_unet *m, int on);
+/* Bytes of the largest block's weights (the resident set when streaming). */
+int64_t sd_unet_largest_block_bytes(const sd_unet *m);
+
 /* Conditioning for one forward call. */
 typedef struct sd_unet_cond {
   const float *context;   /* (B, ctx_len, cross_dim) */

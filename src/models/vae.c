@@ -171,6 +171,9 @@ int sd_vae_load(sd_vae **out, const sd_weights *w, const cJSON *config, sd_error
   c->scaling_factor = (float)sd_json_num(config, "scaling_factor", 0.18215);
   c->shift_factor = (float)sd_json_num(config, "shift_factor", 0.0);
   c->force_upcast = sd_json_bool(config, "force_upcast", 1);
+  int sample_size[2];
+  c->sample_size =
+      sd_json_int_array(config, "sample_size", sample_size, 2) >= 1 ? sample_size[0] : 512;
   c->has_encoder = sd_weights_has_prefix(w, "encoder.");
   c->has_decoder = sd_weights_has_prefix(w, "decoder.");
   c->has_quant_conv = sd_weights_get(w, "quant_conv.weight") != NULL ||

@@ -24,6 +24,8 @@ typedef struct sd_vae_config {
   float scaling_factor, shift_factor;
   int force_upcast;
   int has_encoder, has_decoder, has_quant_conv;
+  int sample_size; /* config "sample_size" (first entry if a list), 512 if absent:
+                      diffusers' default tiling tile edge in pixels */
 } sd_vae_config;
 
 typedef struct sd_vae sd_vae;

@@ -15,6 +15,7 @@
 #include "models/vae.h"
 #include "pipeline/generate_internal.h"
 #include "pipeline/unet_pipeline.h"
+#include "tensor/ops.h"
 
 /* The "model" entry of a safetensors file's __metadata__. */
 static int latents_model(const char *path, char *out, size_t n, sd_error *err) {
@@ -105,6 +106,7 @@ int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *p, const char *latents_file
   if (!model[0])
     return sd_fail(err, SD_ERR_ARG, "%s does not name its model: pass --model", latents_file);
   if ((rc = sd_prepare_output_dir(p->output_dir, err))) return rc;
+  if (p->threads > 0) sd_set_threads(p->threads);
   if ((rc = sd_resolve_model(p, model, r.model_path, sizeof r.model_path, err))) return rc;
   if ((rc = sd_weights_open(&lw, latents_file, err))) return rc;
   const sd_tensor *lt = sd_weights_get(lw, "latents");

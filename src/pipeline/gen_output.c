@@ -126,44 +126,59 @@ static cJSON *metadata(const gen_run *r, int index, const char *png_name) {
   for (int i = 0; opts && i < r->mon.nopt; i++)
     cJSON_AddItemToArray(opts, cJSON_CreateString(r->mon.optimizations[i]));
   cJSON *mem = sd_monitor_to_json(&r->mon);
-  if (mem) cJSON_AddItemToObject(o, "memory", mem);
+  if (mem) {
+    if (r->have_plan) {
+      cJSON *plan = sd_plan_to_json(&r->plan);
+      if (plan) cJSON_AddItemToObject(mem, "plan", plan);
+      cJSON_AddNumberToObject(mem, "budget_bytes", (double)r->plan.budget);
+    }
+    cJSON_AddItemToObject(o, "memory", mem);
+  }
   return o;
 }
 
 int gen_save(gen_run *r, sdgen_result *res) {
   const sdgen_params *p = r->p;
-  for (int b = 0; b < r->n; b++) {
-    char png[4096], json[4096], name[256], params_text[8192];
+  char png[SDGEN_MAX_IMAGES][4096], name[SDGEN_MAX_IMAGES][256];
+  int rc = SD_OK, written = 0;
+  /* Images first, then the completion record, then every image's metadata
+   * (so each JSON holds the whole run, "On completion" included). */
+  for (int b = 0; b < r->n && !rc; b++) {
+    char params_text[8192];
     int k = 0;
     do { /* never overwrite an earlier image */
-      snprintf(name, sizeof name, k ? "output_%s_%d_%d" : "output_%s_%d", r->stamp, b, k);
-      snprintf(png, sizeof png, "%.3800s/%s.png", p->output_dir, name);
+      snprintf(name[b], sizeof name[b], k ? "output_%s_%d_%d" : "output_%s_%d", r->stamp, b, k);
+      snprintf(png[b], sizeof png[b], "%.3800s/%s.png", p->output_dir, name[b]);
       k++;
-    } while (sd_is_file(png) && k < 1000);
-    snprintf(json, sizeof json, "%.3800s/%s.json", p->output_dir, name);
+    } while (sd_is_file(png[b]) && k < 1000);
     a1111_parameters(r, params_text, sizeof params_text);
     sd_png_text text = {"parameters", params_text};
-    int rc = sd_image_write_png(png, &r->final[b], &text, 1, r->err);
-    if (rc) return rc;
-    char png_base[300];
-    snprintf(png_base, sizeof png_base, "%s.png", name);
-    if (b == r->n - 1) sd_monitor_stage(&r->mon, "On completion");
+    rc = sd_image_write_png(png[b], &r->final[b], &text, 1, r->err);
+    if (!rc) written++;
+  }
+  if (!rc) sd_monitor_stage(&r->mon, "On completion");
+  for (int b = 0; b < r->n && !rc; b++) {
+    char json[4096], png_base[300];
+    snprintf(json, sizeof json, "%.3800s/%s.json", p->output_dir, name[b]);
+    snprintf(png_base, sizeof png_base, "%s.png", name[b]);
     cJSON *meta = metadata(r, b, png_base);
     char *text_json = meta ? cJSON_Print(meta) : NULL;
     cJSON_Delete(meta);
     if (!text_json) {
-      unlink(png);
-      return sd_fail(r->err, SD_ERR_OOM, "out of memory");
+      rc = sd_fail(r->err, SD_ERR_OOM, "out of memory");
+      break;
     }
     rc = sd_write_text_atomic(json, text_json, r->err);
     free(text_json);
-    if (rc) {
-      unlink(png);
-      return rc;
-    }
-    snprintf(res->images[res->count], sizeof res->images[0], "%s", png);
+    if (rc) break;
+    snprintf(res->images[res->count], sizeof res->images[0], "%s", png[b]);
     snprintf(res->metadata[res->count], sizeof res->metadata[0], "%s", json);
     res->count++;
   }
-  return SD_OK;
+  if (rc) { /* no image without its metadata */
+    for (int b = 0; b < written; b++) unlink(png[b]);
+    for (int b = 0; b < res->count; b++) unlink(res->metadata[b]);
+    res->count = 0;
+  }
+  return rc;
 }

@@ -5,6 +5,9 @@
 #include <unistd.h>
 
 #include "base/alloc.h"
+#include "base/memprobe.h"
+#include "models/vae_tiled.h"
+#include "pipeline/planner.h"
 #include "io/image.h"
 #include "pipeline/generate_internal.h"
 #include "pipeline/unet_pipeline.h"
@@ -33,9 +36,9 @@ static int encode(gen_run *r, sd_unet_model *m, int n, float cfg, int W, int H,
   int rc = sd_encode_prompt(m, &po, cond, r->err);
   r->t_encode += sd_now() - t;
   if (rc) return rc;
+  if (r->have_plan && r->plan.level == SD_PLAN_RESIDENT) return SD_OK;
   sd_unet_model_drop_text_encoders(m);
   sd_monitor_cleanup(&r->mon, "Releasing text encoders...");
-  sd_monitor_optimization(&r->mon, "Released text encoders after encoding");
   return SD_OK;
 }
 
@@ -52,14 +55,168 @@ static int save_latents(gen_run *r, const float *lat, int n, int C, int h, int w
 static int decode(gen_run *r, const sd_vae *vae, const float *lat, int n, int h, int w,
                   float *img) {
   double t = sd_now();
-  int rc = sd_decode_latents(vae, lat, n, h, w, 1, img, r->err);
+  int level = r->have_plan ? r->plan.level : SD_PLAN_RELEASE_TE;
+  int mode = level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
+             : level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
+                                            : SD_DECODE_BATCH;
+  int rc = sd_decode_latents(vae, lat, n, h, w, mode, img, r->err);
   r->t_decode += sd_now() - t;
   if (rc) return rc;
-  if (n > 1) sd_monitor_optimization(&r->mon, "VAE slicing: decoded one image at a time");
   int64_t total = (int64_t)n * 3 * h * w * 64;
   int bad = 0;
   for (int64_t i = 0; i < total; i++) bad |= !isfinite(img[i]);
   if (bad) sd_monitor_warn(&r->mon, "the decoded image holds NaN/Inf values");
+  return SD_OK;
+}
+
+/* ---- memory plan ---- */
+
+typedef struct unet_plan_ctx {
+  sd_unet_model *m;
+  int n, h, w, guidance, img2img;
+} unet_plan_ctx;
+
+static int64_t prefix_bytes(const sd_weights *w, const char *prefix) {
+  int64_t b = 0;
+  size_t n = strlen(prefix);
+  for (int i = 0; w && i < sd_weights_count(w); i++)
+    if (strncmp(sd_weights_name_at(w, i), prefix, n) == 0)
+      b += (int64_t)sd_tensor_nbytes(sd_weights_tensor_at(w, i));
+  return b;
+}
+
+/* Kernel scratch the plan-mode run does not see (kernels return at once):
+ * converted weight panels and conv tiles, bounded by the kernels. */
+#define KERNEL_SCRATCH (48LL << 20)
+
+/* Activation peak of one UNet forward, measured by running it in plan mode. */
+static int64_t plan_unet_forward(const sd_unet_model *m, int B, int h, int w, int ctx_len,
+                                 int ctx_dim, int pooled, int n_ids) {
+  const sd_unet_config *c = sd_unet_get_config(m->unet);
+  sd_plan_begin();
+  float *x = sd_alloc(sizeof(float) * B * c->in_channels * h * w);
+  float *out = sd_alloc(sizeof(float) * B * c->out_channels * h * w);
+  float *ctx = sd_alloc(sizeof(float) * B * ctx_len * ctx_dim);
+  float *ts = sd_calloc((size_t)B, sizeof(float));
+  float *te = pooled ? sd_calloc((size_t)B * pooled, sizeof(float)) : NULL;
+  float *ids = n_ids ? sd_calloc((size_t)B * n_ids, sizeof(float)) : NULL;
+  int64_t base = sd_alloc_get_stats().bytes_in_use;
+  int64_t peak = -1;
+  if (x && out && ctx && ts) {
+    sd_unet_cond cond = {ctx, ctx_len, te, ids, n_ids};
+    sd_error e = {0};
+    sd_alloc_reset_peak();
+    if (sd_unet_forward(m->unet, x, B, h, w, ts, &cond, out, 0, &e) == SD_OK)
+      peak = sd_alloc_get_stats().peak_bytes - base;
+  }
+  sd_free(x);
+  sd_free(out);
+  sd_free(ctx);
+  sd_free(ts);
+  sd_free(te);
+  sd_free(ids);
+  sd_plan_end();
+  return peak < 0 ? 0 : peak;
+}
+
+static int64_t plan_vae_decode(const sd_vae *vae, int n, int h, int w, int mode) {
+  int f = sd_vae_downscale(vae);
+  const sd_vae_config *c = sd_vae_get_config(vae);
+  sd_plan_begin();
+  float *lat = sd_calloc((size_t)n * c->latent_channels * h * w, sizeof(float));
+  float *img = sd_alloc(sizeof(float) * n * c->out_channels * h * f * w * f);
+  int64_t base = sd_alloc_get_stats().bytes_in_use, peak = 0;
+  if (lat && img) {
+    sd_error e = {0};
+    sd_alloc_reset_peak();
+    if (sd_decode_latents(vae, lat, n, h, w, mode, img, &e) == SD_OK)
+      peak = sd_alloc_get_stats().peak_bytes - base;
+  }
+  sd_free(lat);
+  sd_free(img);
+  sd_plan_end();
+  return peak;
+}
+
+static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
+  unet_plan_ctx *u = user;
+  sd_unet_model *m = u->m;
+  const sd_unet_config *c = sd_unet_get_config(m->unet);
+  int f = sd_vae_downscale(m->vae), n = u->n, h = u->h, w = u->w;
+  int B = u->guidance ? 2 * n : n;
+  int64_t te = (m->w_te1 ? (int64_t)sd_weights_total_bytes(m->w_te1) : 0) +
+               (m->w_te2 ? (int64_t)sd_weights_total_bytes(m->w_te2) : 0);
+  int64_t unet = (int64_t)sd_weights_total_bytes(m->w_unet);
+  int64_t dec = prefix_bytes(m->w_vae, "decoder.") + prefix_bytes(m->w_vae, "post_quant_conv.");
+  int64_t enc = prefix_bytes(m->w_vae, "encoder.") + prefix_bytes(m->w_vae, "quant_conv.");
+  int keep_te = level == SD_PLAN_RESIDENT;
+  int ctx_dim = (m->te1 ? m->te1->cfg.hidden : 0) + (m->te2 && m->family != SD_MODEL_SD1
+                                                          ? m->te2->cfg.hidden : 0);
+  int pooled = m->family == SD_MODEL_SD1 || !m->te2 ? 0 : m->te2->cfg.projection_dim;
+  int n_ids = pooled ? (m->family == SD_MODEL_SDXL_REFINER ? 5 : 6) : 0;
+  int ctx_len = 77;
+  int64_t lat = 4LL * n * c->in_channels * h * w;
+  int64_t image = 4LL * n * 3 * h * f * w * f;
+  int64_t cond = 4LL * B * (ctx_len * (int64_t)ctx_dim + pooled + n_ids);
+  int64_t enc_act = 0;
+  if (m->te1) enc_act = sd_clip_scratch_bytes(&m->te1->cfg, 1, ctx_len);
+  if (m->te2 && sd_clip_scratch_bytes(&m->te2->cfg, 1, ctx_len) > enc_act)
+    enc_act = sd_clip_scratch_bytes(&m->te2->cfg, 1, ctx_len);
+  sd_plan_add_stage(p, "encode", te, enc_act + (4 << 20), cond);
+  int64_t held = keep_te ? te : 0;
+  if (u->img2img)
+    sd_plan_add_stage(p, "vae encode", held + enc,
+                      plan_vae_decode(m->vae, level >= SD_PLAN_VAE_SLICING ? 1 : n, h, w, 0) +
+                          KERNEL_SCRATCH,
+                      cond + image + lat);
+  int64_t unet_w = level >= SD_PLAN_STREAMING ? 2 * sd_unet_largest_block_bytes(m->unet) : unet;
+  int64_t act = plan_unet_forward(m, B, h, w, ctx_len, ctx_dim, pooled, n_ids);
+  sd_plan_add_stage(p, "denoise", held + unet_w, act + KERNEL_SCRATCH,
+                    cond + lat + 2 * (lat / n) * B);
+  int mode = level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
+             : level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
+                                            : SD_DECODE_BATCH;
+  sd_plan_add_stage(p, "decode", held + dec + (level == SD_PLAN_RESIDENT ? unet : 0),
+                    plan_vae_decode(m->vae, n, h, w, mode) + KERNEL_SCRATCH, lat + image);
+  (void)err;
+  return SD_OK;
+}
+
+/* Chooses the plan for this run and reports it; sets r->plan. */
+static int plan_run(gen_run *r, sd_unet_model *m, int n, int h, int w, int guidance) {
+  unet_plan_ctx u = {m, n, h, w, guidance, r->p->init_image != NULL};
+  int64_t budget = r->p->max_memory > 0 ? r->p->max_memory : sd_plan_default_budget();
+  int rc = sd_plan_choose(&r->plan, budget, r->min_level, estimate_unet, &u, r->err);
+  char text[2048];
+  sd_plan_describe(&r->plan, text, sizeof text);
+  if (r->p->on_event) r->p->on_event(SDGEN_EVENT_PLAN, text, r->p->user);
+  r->have_plan = 1;
+  if (rc) return rc;
+  const sd_plan *pl = &r->plan;
+  sd_mem_sample s;
+  sd_mem_probe(&s);
+  if (pl->level > SD_PLAN_RELEASE_TE && pl->level > r->min_level) { /* the budget forced it */
+    char avail[32], need[32];
+    sd_monitor_warn(&r->mon, "Low memory detected (%s available)",
+                    sd_format_size(r->p->max_memory > 0 ? budget : s.sys_available, avail,
+                                   sizeof avail));
+    sd_monitor_info(&r->mon, "   %s needs %s to run fully resident; using %s instead%s",
+                    sd_model_family_name(m->family),
+                    sd_format_size(pl->resident_peak, need, sizeof need),
+                    sd_plan_level_name(pl->level),
+                    pl->level >= SD_PLAN_STREAMING ? " (about 1.1x slower)" : "");
+    if (m->family != SD_MODEL_SD1)
+      sd_monitor_info(&r->mon, "   A smaller alternative: --quality fast (SD 1.5, 2.6GB)");
+  }
+  if (pl->level >= SD_PLAN_RELEASE_TE)
+    sd_monitor_optimization(&r->mon, "Release text encoders after encoding");
+  sd_monitor_optimization(&r->mon, "Enabled attention slicing (flash-style key chunks)");
+  if (pl->level >= SD_PLAN_VAE_SLICING) sd_monitor_optimization(&r->mon, "Enabled VAE slicing");
+  if (pl->level >= SD_PLAN_VAE_TILING) sd_monitor_optimization(&r->mon, "Enabled VAE tiling");
+  if (pl->level >= SD_PLAN_STREAMING) {
+    sd_monitor_optimization(&r->mon, "Enabled weight streaming (one UNet block resident)");
+    sd_unet_set_weight_streaming(m->unet, 1);
+  }
   return SD_OK;
 }
 
@@ -92,6 +249,11 @@ int gen_base_unet(gen_run *r) {
       (rc = sd_scheduler_set_timesteps(sched, r->steps, r->err)))
     goto done;
   r->sampler = sd_scheduler_kind(sched);
+  if ((rc = plan_run(r, m, n, h, w, r->cfg > 1.0f))) goto done;
+  if (p->dry_run) {
+    r->dry_run_done = 1;
+    goto done;
+  }
 
   sd_monitor_cleanup(&r->mon, "Cleaning memory before generation...");
   sd_monitor_stage(&r->mon, "Before generation");
@@ -149,6 +311,10 @@ int gen_base_unet(gen_run *r) {
   sd_monitor_stage(&r->mon, "After generation");
 
   if ((rc = save_latents(r, lat, n, C, h, w, r->model_path))) goto done;
+  if (!r->have_plan || r->plan.level > SD_PLAN_RESIDENT) {
+    sd_weights_release_pages(m->w_unet); /* the UNet is done: its pages leave RSS */
+    sd_monitor_cleanup(&r->mon, "Releasing the UNet weights before the decode...");
+  }
   r->images = sd_alloc(sizeof(float) * n * 3 * H * W);
   if (!r->images) goto oom;
   if ((rc = decode(r, m->vae, lat, n, h, w, r->images))) goto done;

@@ -37,6 +37,7 @@ sdgen_params sdgen_default_params(void) {
   p.refiner_strength = 0.3f;
   p.aesthetic_score = 6.0f;
   p.negative_aesthetic_score = 2.5f;
+  p.min_plan = -1;
   return p;
 }
 
@@ -226,11 +227,30 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *p, sdgen_result *res) {
 
   sd_monitor_stage(&r.mon, "Before model load");
   if ((rc = sd_resolve_model(p, p->model, r.model_path, sizeof r.model_path, err))) goto fail;
-  if (sd_model_is_sd3(r.model_path))
-    rc = gen_base_sd3(&r);
-  else
-    rc = gen_base_unet(&r);
+  /* Recovery: an allocation failure inside the base stage is retried (at
+   * most twice) with the next more frugal memory plan. */
+  r.min_level = p->min_plan;
+  for (int attempt = 0;; attempt++) {
+    if (sd_model_is_sd3(r.model_path))
+      rc = gen_base_sd3(&r);
+    else
+      rc = gen_base_unet(&r);
+    if (rc != SD_ERR_OOM || attempt == 2 || r.dry_run_done || ctx->cancel ||
+        (r.have_plan && r.plan.level >= SD_PLAN_STREAMING && r.plan.peak > r.plan.budget))
+      break;
+    int failed_level = r.have_plan ? r.plan.level : SD_PLAN_RELEASE_TE;
+    sd_monitor_recovered(&r.mon, "allocation failed in the base stage (%s); retrying with %s",
+                         err->msg, sd_plan_level_name(failed_level + 1 < SD_PLAN_LEVELS
+                                                          ? failed_level + 1
+                                                          : failed_level));
+    sd_monitor_cleanup(&r.mon, "Emergency cleanup after an allocation failure...");
+    r.min_level = failed_level + 1 < SD_PLAN_LEVELS ? failed_level + 1 : failed_level;
+    sd_free(r.images);
+    r.images = NULL;
+    sd_error_clear(err);
+  }
   if (rc) goto fail;
+  if (r.dry_run_done) goto done;
   sd_monitor_cleanup(&r.mon, "Unloading the base model...");
   if (p->refiner && (rc = gen_refine(&r))) goto fail;
   if ((rc = quantize(&r))) goto fail;

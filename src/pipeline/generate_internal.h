@@ -8,6 +8,7 @@
 #include "io/image.h"
 #include "io/safetensors_write.h"
 #include "pipeline/monitor.h"
+#include "pipeline/planner.h"
 #include "sample/scheduler.h"
 #include "sdgen.h"
 
@@ -40,6 +41,11 @@ typedef struct gen_run {
   char upscale_method[64];
   int out_width, out_height;
   sd_image *final; /* n 8-bit images written to disk */
+  /* memory plan of the base stage */
+  sd_plan plan;
+  int have_plan;
+  int dry_run_done;
+  int min_level; /* lowest plan level allowed (raised by recovery) */
 } gen_run;
 
 /* Stage: the base image(s) from a UNet-family model (SD 1.x/2.x, SDXL). */

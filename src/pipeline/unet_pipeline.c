@@ -7,6 +7,7 @@
 #include "io/checkpoint_map.h"
 #include "io/json.h"
 #include "io/model_dir.h"
+#include "models/vae_tiled.h"
 #include "tensor/ops.h"
 
 const char *sd_model_family_name(sd_model_family f) {
@@ -399,12 +400,13 @@ done:
 }
 
 int sd_decode_latents(const sd_vae *vae, const float *latents, int n, int h, int w,
-                      int one_at_a_time, float *image, sd_error *err) {
+                      int mode, float *image, sd_error *err) {
   const sd_vae_config *c = sd_vae_get_config(vae);
   int f = sd_vae_downscale(vae);
   int64_t per = (int64_t)c->latent_channels * h * w;
   int64_t img_per = (int64_t)c->out_channels * h * f * w * f;
-  int chunk = one_at_a_time ? 1 : n;
+  int chunk = mode == SD_DECODE_BATCH ? n : 1;
+  sd_vae_tiling tiling = sd_vae_tiling_default(vae);
   float *z = sd_alloc(sizeof(float) * per * chunk);
   if (!z) return sd_fail(err, SD_ERR_OOM, "out of memory decoding");
   int rc = SD_OK;
@@ -412,7 +414,10 @@ int sd_decode_latents(const sd_vae *vae, const float *latents, int n, int h, int
     int cnt = n - b < chunk ? n - b : chunk;
     for (int64_t i = 0; i < per * cnt; i++)
       z[i] = latents[per * b + i] / c->scaling_factor + c->shift_factor;
-    rc = sd_vae_decode(vae, z, cnt, h, w, image + img_per * b, err);
+    if (mode == SD_DECODE_TILED)
+      rc = sd_vae_decode_tiled(vae, z, cnt, h, w, &tiling, image + img_per * b, err);
+    else
+      rc = sd_vae_decode(vae, z, cnt, h, w, image + img_per * b, err);
   }
   sd_free(z);
   return rc;

@@ -104,10 +104,14 @@ int sd_denoise(const sd_unet_model *m, sd_scheduler *sched, const sd_conditionin
                const sd_denoise_options *o, float *latents, int n, int h, int w, sd_rng *rng,
                sd_error *err);
 
+/* How the VAE decodes a batch. */
+enum { SD_DECODE_BATCH = 0, SD_DECODE_SLICED = 1, SD_DECODE_TILED = 2 };
+
 /* image (n, 3, 8h, 8w) in [-1, 1] from latents (n, C, h, w) (scaled space).
- * Decodes one image at a time (VAE slicing) when `one_at_a_time`. */
+ * mode: the whole batch at once, one image at a time (VAE slicing), or one
+ * image at a time in blended tiles (VAE tiling, diffusers' defaults). */
 int sd_decode_latents(const sd_vae *vae, const float *latents, int n, int h, int w,
-                      int one_at_a_time, float *image, sd_error *err);
+                      int mode, float *image, sd_error *err);
 
 /* img2img: init latents = scaling * (mean + std * noise) with noise drawn
  * from rng (as latent_dist.sample does); image (n, 3, H, W) in [-1, 1]. */

@@ -5,8 +5,12 @@
  * vectorized Box-Muller fill for larger ones), so sd_rng_randn(g, out, n)
  * equals torch.randn(shape, generator=g) for any shape with n elements, and
  * consecutive calls continue the stream as torch does.
- * SD_RNG_CUDA: torch.Generator("cuda") (Philox4x32-10), computed on the CPU,
- * matching the values torch produces on the GPU the fixtures describe. */
+ * SD_RNG_CUDA: torch.Generator("cuda") (Philox4x32-10), computed on the CPU:
+ * the Philox stream, per-thread subsequences, counter offsets and element
+ * placement of torch's randn kernel (launch grid as on the fixtures' H200;
+ * every shape up to 270336 elements is grid-independent), so a seed means
+ * the same noise as on the GPU; individual values differ from the GPU's by
+ * up to ~2e-6 because its fast __sincosf cannot be reproduced bit for bit. */
 #ifndef SDGEN_SAMPLE_RNG_H
 #define SDGEN_SAMPLE_RNG_H
 

@@ -54,10 +54,16 @@ void sd_scheduler_free(sd_scheduler *s);
 /* The sampler actually in use (resolves SD_SAMPLER_DEFAULT). */
 sd_sampler sd_scheduler_kind(const sd_scheduler *s);
 
-/* Computes timesteps (and sigmas) for `steps` inference steps. For SD3 flow
- * matching, `mu` is used when the config has use_dynamic_shifting (else
- * ignored; pass 0). Resets all multistep state. */
+/* Computes timesteps (and sigmas) for `steps` inference steps (1 ..
+ * num_train_timesteps; LCM: at most original_inference_steps). For flow
+ * matching with use_dynamic_shifting, call sd_scheduler_set_mu first.
+ * Resets all loop state, including the begin index. */
 int sd_scheduler_set_timesteps(sd_scheduler *s, int steps, sd_error *err);
+
+/* Flow matching with use_dynamic_shifting: the shift exponent mu used by
+ * the next set_timesteps (diffusers' set_timesteps(mu=...)). Ignored by the
+ * other samplers. */
+int sd_scheduler_set_mu(sd_scheduler *s, double mu);
 
 /* Number of model calls in the loop (PNDM repeats one timestep: steps + 1). */
 int sd_scheduler_num_steps(const sd_scheduler *s);
@@ -77,18 +83,31 @@ void sd_scheduler_scale_model_input(sd_scheduler *s, int i, float *x,
                                     int64_t n);
 
 /* In place: sample = step(model_output, timesteps[i], sample).
+ * i is the index into the full schedule (img2img: from t_start*order on).
+ * Samplers that keep a step counter (Euler, Euler a, DPM, LCM, flow) take
+ * their position from the first scale_model_input/step call as diffusers
+ * does (the begin index if set, else where timesteps[i] sits) and then
+ * advance one per step, so call them once per loop index, in order.
  * rng supplies step noise (Euler ancestral, LCM) drawn as torch.randn of the
- * sample's shape; may be NULL for samplers that draw none. */
+ * sample's shape; required for those two (SD_ERR_ARG if NULL), ignored by
+ * the others. The buffers' size is fixed by the first step until the next
+ * set_timesteps. */
 int sd_scheduler_step(sd_scheduler *s, int i, const float *model_output,
                       float *sample, int64_t n, sd_rng *rng, sd_error *err);
 
 /* img2img: begin the loop at timestep index `begin` (diffusers
  * set_begin_index / timesteps[t_start*order:]). */
 void sd_scheduler_set_begin_index(sd_scheduler *s, int begin);
-/* img2img: x = add_noise(x, noise, timesteps[i]) (DDPM-family) or
- * scale_noise for flow matching; in place on x. */
+/* img2img: x = add_noise(x, noise, timesteps[i]), in place: PNDM / DDIM /
+ * LCM sqrt(a_t) x + sqrt(1 - a_t) noise; Euler family x + sigma_i noise;
+ * DPM alpha_i x + sigma_i noise; flow matching (scale_noise)
+ * sigma_i noise + (1 - sigma_i) x. */
 void sd_scheduler_add_noise(const sd_scheduler *s, int i, float *x,
                             const float *noise, int64_t n);
+
+/* The configuration in use, as a new JSON object with diffusers' key names
+ * (class defaults filled in); NULL on allocation failure. Caller deletes. */
+cJSON *sd_scheduler_resolved_config(const sd_scheduler *s);
 
 /* Prediction type of the config: 0 epsilon, 1 v_prediction, 2 sample,
  * 3 flow. */

@@ -105,6 +105,11 @@ void sd_axpy(float *y, const float *x, int64_t n, float s);
 /* y[n, c, i] += v[n, c] for NCHW-like (N, C, inner) tensors */
 void sd_add_channel_bias(float *y, const float *v, int N, int C, int64_t inner);
 
+/* GEGLU (diffusers' GELU-gated feed-forward): x (rows, 2*inner) holds
+ * [value, gate] per row; y (rows, inner) = value * gelu(gate). y may alias
+ * x (the rows are compacted in place). */
+void sd_geglu(float *y, float *x, int64_t rows, int64_t inner);
+
 /* ---- layout and resampling ---- */
 /* (N, C, HW) -> (N, HW, C) */
 void sd_nchw_to_nhwc(float *y, const float *x, int N, int C, int64_t HW);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "base/alloc.h"
+#include "tensor/convert.h"
 
 static const struct {
   const char *name;
@@ -201,19 +202,12 @@ void sd_tensor_read_f32(const sd_tensor *t, int64_t offset, int64_t count,
   case SD_F32:
     memcpy(dst, (const float *)t->data + offset, (size_t)count * 4);
     break;
-  case SD_F16: {
-    const uint16_t *s = (const uint16_t *)t->data + offset;
-    for (int64_t i = 0; i < count; i++) dst[i] = sd_f16_to_f32(s[i]);
+  case SD_F16:
+    sd_convert_f16_to_f32(dst, (const uint16_t *)t->data + offset, count);
     break;
-  }
-  case SD_BF16: {
-    const uint16_t *s = (const uint16_t *)t->data + offset;
-    for (int64_t i = 0; i < count; i++) {
-      uint32_t bits = (uint32_t)s[i] << 16;
-      memcpy(dst + i, &bits, 4);
-    }
+  case SD_BF16:
+    sd_convert_bf16_to_f32(dst, (const uint16_t *)t->data + offset, count);
     break;
-  }
   case SD_F64: {
     const double *s = (const double *)t->data + offset;
     for (int64_t i = 0; i < count; i++) dst[i] = (float)s[i];

@@ -34,7 +34,8 @@ typedef struct sd_tensor {
   int ndim;
   int64_t shape[SD_MAX_DIMS];
   void *data;
-  int owns_data; /* 1: data came from sd_alloc and is freed with the tensor */
+  int owns_data; /* 1: data came from sd_alloc and is freed with the tensor;
+                    2: heap data owned by a weight set (a transposed copy) */
 } sd_tensor;
 
 /* Bytes per element; 0 for an unknown dtype. */

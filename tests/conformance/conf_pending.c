@@ -6,20 +6,9 @@
 
 #define PENDING __attribute__((weak))
 
-PENDING void conf_suite_tokenizers(conf_ctx *c, const char *dir) {
-  conf_skip(c, "tokenizers", "suite not implemented yet");
-}
-PENDING void conf_suite_rng(conf_ctx *c, const char *dir) {
-  conf_skip(c, "rng", "suite not implemented yet");
-}
 PENDING void conf_suite_sd3_family(conf_ctx *c, const char *model, const char *dir,
                                    const cJSON *j) {
   conf_skip(c, model, "suite not implemented yet");
-}
-PENDING void conf_scheduler_case(conf_ctx *c, const char *model, const char *golden_dir,
-                                 const cJSON *root, const cJSON *kase) {
-  conf_skip(c, model, "scheduler case %s not implemented yet",
-            cJSON_GetObjectItemCaseSensitive(kase, "name")->valuestring);
 }
 PENDING void conf_pipeline_case(conf_ctx *c, const char *model, const char *golden_dir,
                                 const cJSON *root, const cJSON *kase) {

@@ -2,6 +2,7 @@
  * the same pipeline stages the CLI uses. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/alloc.h"

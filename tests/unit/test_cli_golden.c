@@ -75,7 +75,7 @@ static void run_model(const char *fixtures, const char *model, const cJSON *root
     const char *folder = sd_json_str(root, "model_folder", model);
     const char *single = sd_json_str(root, "single_file", NULL);
     for (int layout = 0; layout < (single ? 2 : 1); layout++) {
-      char cmd[16384], qp[4096], qn[4096] = "", model_arg[8192], out[256];
+      char cmd[16384], qp[4096], qn[4096] = "", model_arg[8192], out[512];
       snprintf(out, sizeof out, "cli_golden_out/%s_%s_%d", model,
                sd_json_str(kase, "name", "x"), layout);
       quote(qp, sizeof qp, sd_json_str(pa, "prompt", ""));

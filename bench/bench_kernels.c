@@ -1,0 +1,290 @@
+/* Kernel benchmark: measures this machine's cblas_sgemm ceiling, then each
+ * kernel at SD-1.5-like shapes, as GFLOP/s (compute kernels, with their
+ * share of that ceiling) or GB/s (memory-bound kernels).
+ *
+ * usage: bench_kernels [--threads N] [--json FILE] [--quick] [--only WORD]
+ *                      [--cpu-time]
+ * (--cpu-time times with the process CPU clock instead of the wall clock:
+ * with --threads 1 this gives stable numbers on a loaded machine.)
+ * (--only runs the sections whose name contains WORD: sgemm, conv, linear,
+ * attention, memory; the sgemm ceiling is always measured).
+ * Default 2 threads, the thread count of the reference timings. */
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/alloc.h"
+#include "tensor/convert.h"
+#include "tensor/ops.h"
+
+typedef struct bench_row {
+  char name[64];
+  double seconds;
+  double gflops; /* 0 for memory-bound kernels */
+  double gbytes; /* bytes moved / 1e9 per call, for GB/s */
+} bench_row;
+
+static clockid_t g_clock = CLOCK_MONOTONIC;
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(g_clock, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static float *rnd(int64_t n, float scale) {
+  float *p = sd_alloc((size_t)n * 4);
+  if (!p) {
+    fprintf(stderr, "out of memory\n");
+    exit(1);
+  }
+  uint32_t s = 12345;
+  for (int64_t i = 0; i < n; i++) {
+    s = s * 1664525u + 1013904223u;
+    p[i] = ((float)(s >> 8) / 16777216.0f - 0.5f) * scale;
+  }
+  return p;
+}
+
+static sd_tensor *weight(sd_dtype dt, int ndim, const int64_t *shape) {
+  sd_tensor *t = sd_tensor_new_dtype(dt, ndim, shape);
+  int64_t n = sd_tensor_numel(t);
+  float *v = rnd(n, 0.1f);
+  for (int64_t i = 0; i < n; i++) {
+    if (dt == SD_F32) ((float *)t->data)[i] = v[i];
+    else if (dt == SD_F16) ((uint16_t *)t->data)[i] = sd_f32_to_f16(v[i]);
+    else ((uint16_t *)t->data)[i] = sd_f32_to_bf16(v[i]);
+  }
+  sd_free(v);
+  return t;
+}
+
+typedef void (*bench_fn)(void *ctx);
+
+/* Best time of `reps` runs after one warm-up. */
+static double time_best(bench_fn fn, void *ctx, int reps) {
+  fn(ctx);
+  double best = 1e30;
+  for (int r = 0; r < reps; r++) {
+    double t0 = now_s();
+    fn(ctx);
+    double t = now_s() - t0;
+    if (t < best) best = t;
+  }
+  return best;
+}
+
+typedef struct gemm_ctx { int64_t n; float *a, *b, *c; } gemm_ctx;
+static void run_cblas(void *p) {
+  gemm_ctx *g = p;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g->n, (int)g->n,
+              (int)g->n, 1.0f, g->a, (int)g->n, g->b, (int)g->n, 0.0f, g->c,
+              (int)g->n);
+}
+static void run_gemm(void *p) {
+  gemm_ctx *g = p;
+  sd_gemm(0, 0, g->n, g->n, g->n, 1.0f, g->a, g->n, g->b, g->n, 0.0f, g->c, g->n);
+}
+
+typedef struct conv_ctx {
+  float *x, *y;
+  int N, C, H, W, stride, pad;
+  sd_tensor *w, *b;
+} conv_ctx;
+static void run_conv(void *p) {
+  conv_ctx *c = p;
+  sd_conv2d(c->y, c->x, c->N, c->C, c->H, c->W, c->w, c->b, c->stride, c->pad);
+}
+
+typedef struct linear_ctx { float *x, *y; int64_t M, K; sd_tensor *w, *b; } linear_ctx;
+static void run_linear(void *p) {
+  linear_ctx *l = p;
+  sd_linear(l->y, l->x, l->M, l->K, l->w, l->b);
+}
+
+typedef struct attn_ctx { float *q, *k, *v, *o; sd_attn_args a; } attn_ctx;
+static void run_attn(void *p) {
+  attn_ctx *c = p;
+  sd_attention(c->o, c->q, c->k, c->v, &c->a);
+}
+
+typedef struct norm_ctx { float *x, *y; int C; int64_t HW, rows, dim; sd_tensor *g, *b; } norm_ctx;
+static void run_group_norm(void *p) {
+  norm_ctx *n = p;
+  sd_group_norm(n->y, n->x, 1, n->C, n->HW, 32, n->g, n->b, 1e-5f);
+}
+static void run_layer_norm(void *p) {
+  norm_ctx *n = p;
+  sd_layer_norm(n->y, n->x, n->rows, n->dim, n->g, n->b, 1e-5f);
+}
+
+typedef struct act_ctx { float *x; int64_t n; } act_ctx;
+static void run_gelu(void *p) { act_ctx *a = p; sd_gelu(a->x, a->n); }
+static void run_silu(void *p) { act_ctx *a = p; sd_silu(a->x, a->n); }
+
+typedef struct cvt_ctx { float *dst; uint16_t *src; int64_t n; } cvt_ctx;
+static void run_f16(void *p) {
+  cvt_ctx *c = p;
+  sd_convert_f16_to_f32(c->dst, c->src, c->n);
+}
+
+static const char *g_only;
+static int want(const char *section) {
+  return !g_only || strstr(section, g_only) != NULL;
+}
+
+static bench_row g_rows[64];
+static int g_nrows;
+
+static void add_row(const char *name, double s, double flops, double bytes) {
+  bench_row *r = &g_rows[g_nrows++];
+  snprintf(r->name, sizeof r->name, "%s", name);
+  r->seconds = s;
+  r->gflops = flops > 0 ? flops / s * 1e-9 : 0;
+  r->gbytes = bytes / 1e9;
+}
+
+int main(int argc, char **argv) {
+  int threads = 2, quick = 0;
+  const char *json = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
+    else if (!strcmp(argv[i], "--quick")) quick = 1;
+    else if (!strcmp(argv[i], "--cpu-time")) g_clock = CLOCK_PROCESS_CPUTIME_ID;
+    else if (!strcmp(argv[i], "--only") && i + 1 < argc) g_only = argv[++i];
+    else {
+      fprintf(stderr, "usage: %s [--threads N] [--json FILE] [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  sd_set_threads(threads);
+  int reps = quick ? 1 : 3;
+
+  /* Ceiling: cblas_sgemm with BLAS's own threads (then set back to one,
+   * as the kernels run it) at large square sizes; sd_gemm for comparison. */
+  double ceiling = 0;
+  const int64_t sizes[] = {1024, 2048};
+  for (int s = 0; s < (quick || g_only ? 1 : 2); s++) {
+    gemm_ctx g = {sizes[s], rnd(sizes[s] * sizes[s], 1), rnd(sizes[s] * sizes[s], 1),
+                  rnd(sizes[s] * sizes[s], 1)};
+    double f = 2.0 * g.n * g.n * g.n;
+    char name[64];
+    openblas_set_num_threads(threads);
+    double t = time_best(run_cblas, &g, reps);
+    sd_set_threads(threads);
+    snprintf(name, sizeof name, "cblas_sgemm %lld^3", (long long)g.n);
+    add_row(name, t, f, 0);
+    if (f / t * 1e-9 > ceiling) ceiling = f / t * 1e-9;
+    t = time_best(run_gemm, &g, reps);
+    snprintf(name, sizeof name, "sd_gemm %lld^3", (long long)g.n);
+    add_row(name, t, f, 0);
+    sd_free(g.a), sd_free(g.b), sd_free(g.c);
+  }
+
+  /* Convolutions at the UNet's first level (64x64 latent, 320 channels). */
+  for (int k = 0; k < 2 && want("conv"); k++) {
+    for (int d = 0; d < 2; d++) {
+      sd_dtype dt = d ? SD_F16 : SD_F32;
+      int ks = k ? 1 : 3;
+      conv_ctx c = {rnd(320 * 64 * 64, 1), rnd(320 * 64 * 64, 1), 1, 320, 64, 64, 1,
+                    ks / 2, weight(dt, 4, (int64_t[]){320, 320, ks, ks}),
+                    weight(dt, 1, (int64_t[]){320})};
+      double t = time_best(run_conv, &c, reps);
+      char name[64];
+      snprintf(name, sizeof name, "conv%dx%d 320->320 64x64 %s", ks, ks,
+               sd_dtype_name(dt));
+      add_row(name, t, 2.0 * 320 * 4096 * 320 * ks * ks, 0);
+      sd_free(c.x), sd_free(c.y);
+      sd_tensor_free(c.w), sd_tensor_free(c.b);
+    }
+  }
+
+  /* Linear 4096 tokens x 320 -> 1280 (the feed-forward projection). */
+  for (int d = 0; d < 2 && want("linear"); d++) {
+    sd_dtype dt = d ? SD_F16 : SD_F32;
+    linear_ctx l = {rnd(4096 * 320, 1), rnd(4096 * 1280, 1), 4096, 320,
+                    weight(dt, 2, (int64_t[]){1280, 320}),
+                    weight(dt, 1, (int64_t[]){1280})};
+    double t = time_best(run_linear, &l, reps);
+    char name[64];
+    snprintf(name, sizeof name, "linear 4096x320->1280 %s", sd_dtype_name(dt));
+    add_row(name, t, 2.0 * 4096 * 320 * 1280, 0);
+    sd_free(l.x), sd_free(l.y);
+    sd_tensor_free(l.w), sd_tensor_free(l.b);
+  }
+
+  /* Self-attention at 64x64: 4096 tokens, 8 heads of 40. */
+  if (want("attention")) {
+    int L = quick ? 1024 : 4096;
+    attn_ctx c = {rnd((int64_t)L * 320, 1), rnd((int64_t)L * 320, 1),
+                  rnd((int64_t)L * 320, 1), rnd((int64_t)L * 320, 1), {0}};
+    c.a.B = 1, c.a.Lq = L, c.a.Lk = L, c.a.heads = 8, c.a.head_dim = 40;
+    c.a.q_stride = c.a.kv_stride = 320;
+    c.a.scale = 0.158113883f;
+    double t = time_best(run_attn, &c, quick ? 1 : 2);
+    char name[64];
+    snprintf(name, sizeof name, "attention %dx%d 8x40", L, L);
+    add_row(name, t, 4.0 * L * L * 320, 0);
+    sd_free(c.q), sd_free(c.k), sd_free(c.v), sd_free(c.o);
+  }
+
+  /* Memory-bound kernels: reported as GB/s. */
+  if (want("memory")) {
+    norm_ctx n = {rnd(320 * 4096, 1), rnd(320 * 4096, 1), 320, 4096, 4096, 320,
+                  weight(SD_F16, 1, (int64_t[]){320}), weight(SD_F16, 1, (int64_t[]){320})};
+    add_row("group_norm 320x64x64", time_best(run_group_norm, &n, reps * 3), 0,
+            3.0 * 320 * 4096 * 4);
+    add_row("layer_norm 4096x320", time_best(run_layer_norm, &n, reps * 3), 0,
+            3.0 * 320 * 4096 * 4);
+    act_ctx a = {n.x, 320 * 4096};
+    add_row("gelu 1.3M", time_best(run_gelu, &a, reps * 3), 0, 2.0 * a.n * 4);
+    add_row("silu 1.3M", time_best(run_silu, &a, reps * 3), 0, 2.0 * a.n * 4);
+    sd_free(n.x), sd_free(n.y);
+    sd_tensor_free(n.g), sd_tensor_free(n.b);
+  }
+  if (want("memory")) {
+    cvt_ctx c = {sd_alloc((size_t)4 << 22), sd_alloc((size_t)2 << 22), 1 << 22};
+    for (int64_t i = 0; i < c.n; i++) c.src[i] = (uint16_t)(i * 7919);
+    add_row("f16->f32 4M", time_best(run_f16, &c, reps * 3), 0, 6.0 * c.n);
+    sd_free(c.dst), sd_free(c.src);
+  }
+
+  printf("threads %d, %s time, sgemm ceiling %.1f GFLOP/s\n", threads,
+         g_clock == CLOCK_MONOTONIC ? "wall" : "CPU", ceiling);
+  printf("%-32s %10s %10s %8s %8s\n", "kernel", "ms", "GFLOP/s", "%ceil", "GB/s");
+  for (int i = 0; i < g_nrows; i++) {
+    bench_row *r = &g_rows[i];
+    if (r->gflops > 0)
+      printf("%-32s %10.2f %10.1f %7.0f%% %8s\n", r->name, r->seconds * 1e3,
+             r->gflops, 100.0 * r->gflops / ceiling, "");
+    else
+      printf("%-32s %10.2f %10s %8s %8.1f\n", r->name, r->seconds * 1e3, "", "",
+             r->gbytes / r->seconds);
+  }
+  if (json) {
+    FILE *f = fopen(json, "w");
+    if (!f) {
+      fprintf(stderr, "cannot write %s\n", json);
+      return 1;
+    }
+    fprintf(f, "{\n  \"threads\": %d,\n  \"clock\": \"%s\",\n"
+               "  \"sgemm_ceiling_gflops\": %.3f,\n  \"kernels\": [\n",
+            threads, g_clock == CLOCK_MONOTONIC ? "wall" : "cpu", ceiling);
+    for (int i = 0; i < g_nrows; i++) {
+      bench_row *r = &g_rows[i];
+      fprintf(f, "    {\"name\": \"%s\", \"ms\": %.4f", r->name, r->seconds * 1e3);
+      if (r->gflops > 0)
+        fprintf(f, ", \"gflops\": %.3f, \"fraction_of_ceiling\": %.4f", r->gflops,
+                r->gflops / ceiling);
+      else
+        fprintf(f, ", \"gbytes_per_s\": %.3f", r->gbytes / r->seconds);
+      fprintf(f, "}%s\n", i + 1 < g_nrows ? "," : "");
+    }
+    fprintf(f, "  ]\n}\n");
+    fclose(f);
+  }
+  return 0;
+}

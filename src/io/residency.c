@@ -1,0 +1,18 @@
+#define _GNU_SOURCE
+#include "io/residency.h"
+
+#include <stdint.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+void sd_tensor_release_pages(const sd_tensor *t) {
+  if (!t || t->owns_data || !t->data) return;
+  static long page;
+  if (!page) page = sysconf(_SC_PAGESIZE);
+  uintptr_t begin = (uintptr_t)t->data, end = begin + sd_tensor_nbytes(t);
+  /* Whole pages covering the tensor; a page shared with a neighbour is
+   * dropped too, which is harmless for a clean file-backed mapping. */
+  begin &= ~(uintptr_t)(page - 1);
+  end = (end + (uintptr_t)page - 1) & ~(uintptr_t)(page - 1);
+  if (end > begin) madvise((void *)begin, end - begin, MADV_DONTNEED);
+}
