@@ -29,6 +29,7 @@
 #include "base/alloc.h"
 #include "base/memprobe.h"
 #include "base/status.h"
+#include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "pipeline/unet_pipeline.h"
 #include "tensor/ops.h"
@@ -325,6 +326,10 @@ int main(int argc, char **argv) {
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines show up when piped */
+  if (!sd_is_dir(model) && !sd_is_file(model)) {
+    fprintf(stderr, "error: model %s not found (make one with make_random_model)\n", model);
+    return 1;
+  }
   char load[64];
   read_loadavg(load, sizeof load);
   sd_set_threads(threads);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "base/alloc.h"
+#include "io/residency.h"
 #include "io/json.h"
 #include "tensor/ops.h"
 
@@ -410,6 +411,37 @@ static int embed_conditioning(const sd_mmdit *m, const float *t,
   return SD_OK;
 }
 
+/* Every weight of a joint block, for residency bookkeeping. */
+static int block_tensors(const sd_mmdit_block *b, const sd_tensor **list) {
+  const sd_mmdit_attn *a[3] = {&b->x_attn, &b->c_attn, &b->attn2};
+  int n = 0;
+  list[n++] = b->mod_w, list[n++] = b->mod_b, list[n++] = b->cmod_w, list[n++] = b->cmod_b;
+  for (int i = 0; i < 3; i++) {
+    list[n++] = a[i]->q_w, list[n++] = a[i]->q_b, list[n++] = a[i]->k_w;
+    list[n++] = a[i]->k_b, list[n++] = a[i]->v_w, list[n++] = a[i]->v_b;
+    list[n++] = a[i]->out_w, list[n++] = a[i]->out_b, list[n++] = a[i]->norm_q;
+    list[n++] = a[i]->norm_k;
+  }
+  list[n++] = b->ff1_w, list[n++] = b->ff1_b, list[n++] = b->ff2_w, list[n++] = b->ff2_b;
+  list[n++] = b->cff1_w, list[n++] = b->cff1_b, list[n++] = b->cff2_w, list[n++] = b->cff2_b;
+  return n;
+}
+
+void sd_mmdit_set_weight_streaming(sd_mmdit *m, int on) { m->stream_weights = on; }
+
+int64_t sd_mmdit_largest_block_bytes(const sd_mmdit *m) {
+  int64_t best = 0;
+  const sd_tensor *list[48];
+  for (int i = 0; i < m->cfg.layers; i++) {
+    int n = block_tensors(&m->block[i], list);
+    int64_t b = 0;
+    for (int k = 0; k < n; k++)
+      if (list[k]) b += (int64_t)sd_tensor_nbytes(list[k]);
+    if (b > best) best = b;
+  }
+  return best;
+}
+
 int sd_mmdit_forward(const sd_mmdit *m, const float *x, int B, int H, int W,
                      const float *timesteps, const float *context, int L,
                      const float *pooled, float *out, int kv_chunk,
@@ -458,8 +490,14 @@ int sd_mmdit_forward(const sd_mmdit *m, const float *x, int B, int H, int W,
       (rc = embed_conditioning(m, timesteps, pooled, B, &s)) ||
       (rc = sd_linear(s.c, context, (int64_t)B * L, c->joint_dim, m->ctx_w, m->ctx_b)))
     goto done;
-  for (int i = 0; i < c->layers; i++)
+  for (int i = 0; i < c->layers; i++) {
     if ((rc = run_block(m, &m->block[i], B, N, L, kv_chunk, &s))) goto done;
+    if (m->stream_weights) {
+      const sd_tensor *list[48];
+      int n = block_tensors(&m->block[i], list);
+      for (int k = 0; k < n; k++) sd_tensor_release_pages(list[k]);
+    }
+  }
 
   /* norm_out: AdaLayerNormContinuous, (scale, shift). */
   if ((rc = sd_linear(s.mod, s.semb, B, D, m->out_mod_w, m->out_mod_b))) goto done;

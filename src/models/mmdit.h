@@ -73,7 +73,14 @@ typedef struct sd_mmdit {
   sd_mmdit_block *block;               /* [layers] */
   const sd_tensor *out_mod_w, *out_mod_b; /* norm_out.linear (2D, D) */
   const sd_tensor *proj_w, *proj_b;    /* (p*p*C_out, D) */
+  int stream_weights; /* drop each block's weight pages after it ran */
 } sd_mmdit;
+
+/* Weight streaming (see io/residency.h): only one joint block's weights
+ * are resident at a time; the page cache keeps the file. */
+void sd_mmdit_set_weight_streaming(sd_mmdit *m, int on);
+/* Bytes of the largest joint block's weights. */
+int64_t sd_mmdit_largest_block_bytes(const sd_mmdit *m);
 
 /* Binds w (which must outlive *out). config: the transformer's config.json
  * (required). */

@@ -1,6 +1,281 @@
-/* Base stage for SD3 / SD3.5 models. */
+/* Base stage for SD3 / SD3.5 models (MMDiT, flow matching): the text
+ * encoders run one after the other and are released, then the transformer
+ * (streamed when the plan says so), then the VAE. */
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "base/alloc.h"
+#include "base/memprobe.h"
+#include "io/json.h"
+#include "models/mmdit.h"
+#include "models/vae_tiled.h"
 #include "pipeline/generate_internal.h"
+#include "pipeline/sd3_pipeline.h"
+#include "pipeline/unet_pipeline.h"
+#include "tensor/ops.h"
+
+#define KERNEL_SCRATCH (48LL << 20)
+#define T5_TOKENS 256
+
+typedef struct sd3_plan_ctx {
+  const sd_mmdit *m;
+  const sd_vae *vae;
+  int64_t clip_l, clip_g, t5, transformer, vae_bytes;
+  int n, h, w, guidance, no_t5;
+} sd3_plan_ctx;
+
+static int contains_ci(const char *s, const char *word) {
+  size_t n = strlen(word);
+  for (; *s; s++)
+    if (strncasecmp(s, word, n) == 0) return 1;
+  return 0;
+}
+
+/* Weight bytes of one component (mapping only, nothing read). */
+static int64_t component_bytes(const sd3_pipeline *pp, sd3_component which) {
+  sd_weights *w = NULL;
+  cJSON *cfg = NULL;
+  if (sd3_pipeline_open_component(pp, which, &w, &cfg, NULL)) return 0;
+  int64_t b = (int64_t)sd_weights_total_bytes(w);
+  sd_weights_free(w);
+  cJSON_Delete(cfg);
+  return b;
+}
+
+static int64_t plan_decode(const sd_vae *vae, int n, int h, int w, int mode) {
+  int f = sd_vae_downscale(vae);
+  sd_plan_begin();
+  float *lat = sd_calloc((size_t)n * sd_vae_get_config(vae)->latent_channels * h * w, 4);
+  float *img = sd_alloc(4ull * n * 3 * h * f * w * f);
+  int64_t base = sd_alloc_get_stats().bytes_in_use, peak = 0;
+  if (lat && img) {
+    sd_alloc_reset_peak();
+    if (sd_decode_latents(vae, lat, n, h, w, mode, img, NULL) == SD_OK)
+      peak = sd_alloc_get_stats().peak_bytes - base;
+  }
+  sd_free(lat);
+  sd_free(img);
+  sd_plan_end();
+  return peak;
+}
+
+static int estimate_sd3(void *user, int level, sd_plan *p, sd_error *err) {
+  sd3_plan_ctx *u = user;
+  int B = u->guidance ? 2 : 1, f = sd_vae_downscale(u->vae);
+  int tokens = 77 + T5_TOKENS, J = u->m->cfg.joint_dim;
+  int64_t cond = 4LL * B * ((int64_t)tokens * J + u->m->cfg.pooled_dim);
+  int64_t lat = 4LL * u->n * u->m->cfg.in_channels * u->h * u->w;
+  int64_t image = 4LL * u->n * 3 * u->h * f * u->w * f;
+  /* Encoders run one at a time; T5's activations: 256 tokens x d_model. */
+  int64_t enc_act = 16LL * B * tokens * 4096 * 4;
+  int64_t enc = u->clip_l > u->clip_g ? u->clip_l : u->clip_g;
+  if (!u->no_t5 && u->t5 > enc) enc = u->t5;
+  int keep = level == SD_PLAN_RESIDENT;
+  int64_t encoders = u->clip_l + u->clip_g + (u->no_t5 ? 0 : u->t5);
+  sd_plan_add_stage(p, "encode", keep ? encoders : enc, enc_act, cond);
+  int64_t tw = level >= SD_PLAN_STREAMING ? 2 * sd_mmdit_largest_block_bytes(u->m) : u->transformer;
+  int64_t act = sd_mmdit_scratch_bytes(&u->m->cfg, B, u->h, u->w, tokens);
+  sd_plan_add_stage(p, "denoise", tw + (keep ? encoders : 0), act + KERNEL_SCRATCH,
+                    cond + lat + 2 * (lat / u->n) * B);
+  int mode = level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
+             : level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
+                                            : SD_DECODE_BATCH;
+  sd_plan_add_stage(p, "decode", u->vae_bytes + (keep ? encoders + u->transformer : 0),
+                    plan_decode(u->vae, u->n, u->h, u->w, mode) + KERNEL_SCRATCH, lat + image);
+  (void)err;
+  return SD_OK;
+}
+
+typedef struct step_relay {
+  gen_run *r;
+  int offset, total;
+} step_relay;
+
+static int relay_progress(int step, int steps, void *user) {
+  step_relay *s = user;
+  return gen_progress(s->offset + step, s->total, s->r);
+}
 
 int gen_base_sd3(gen_run *r) {
-  return sd_fail(r->err, SD_ERR_UNSUPPORTED, "SD3 models are not wired into generate yet");
+  const sdgen_params *p = r->p;
+  sd3_pipeline *pp = NULL;
+  sd_weights *tw = NULL, *vw = NULL;
+  cJSON *tcfg = NULL, *vcfg = NULL, *scfg = NULL;
+  sd_mmdit *m = NULL;
+  sd_vae *vae = NULL;
+  sd_scheduler *sched = NULL;
+  sd_rng *rng = NULL;
+  float *embeds = NULL, *pooled = NULL, *lat = NULL;
+  int tokens = 0, rc;
+  sd3_sources src = {.model = r->model_path, .clip_l = p->clip_l, .clip_g = p->clip_g,
+                     .t5 = p->t5, .tokenizers = p->tokenizers_dir, .skip_t5 = p->no_t5};
+  double t = sd_now();
+  if ((rc = sd3_pipeline_open(&pp, &src, r->err))) return rc;
+  /* Bind (not read) the transformer and the VAE: their shapes size the plan. */
+  if ((rc = sd3_pipeline_open_component(pp, SD3_TRANSFORMER, &tw, &tcfg, r->err)) ||
+      (rc = sd_mmdit_load(&m, tw, tcfg, r->err)) ||
+      (rc = sd3_pipeline_open_component(pp, SD3_VAE, &vw, &vcfg, r->err)) ||
+      (rc = sd_vae_load(&vae, vw, vcfg, r->err)))
+    goto done;
+  r->t_load = sd_now() - t;
+  sd_monitor_stage(&r->mon, "After model load");
+  r->model_type = "sd3";
+  int f = sd_vae_downscale(vae), C = m->cfg.in_channels;
+  int native = sd_json_int(tcfg, "sample_size", 128) * f;
+  int W = p->width ? p->width : native, H = p->height ? p->height : native;
+  int step = f * m->cfg.patch;
+  if (W % step || H % step) {
+    rc = sd_fail(r->err, SD_ERR_ARG, "width and height must be multiples of %d for this model",
+                 step);
+    goto done;
+  }
+  r->width = W;
+  r->height = H;
+  /* Guidance: Turbo is distilled to run without it; 3.5 Medium (MMDiT-X)
+   * is tuned lower than Large. */
+  int medium = 0;
+  for (int i = 0; i < m->cfg.layers; i++) medium |= m->block[i].dual;
+  r->cfg = p->cfg >= 0 ? p->cfg : contains_ci(r->model_path, "turbo") ? 0.0f
+                                   : medium                             ? 3.5f
+                                                                        : 4.5f;
+  int guidance = r->cfg > 1.0f, n = r->n, h = H / f, w = W / f;
+  int no_t5 = p->no_t5;
+
+  /* Memory plan. */
+  sd3_plan_ctx u = {m, vae, component_bytes(pp, SD3_CLIP_L), component_bytes(pp, SD3_CLIP_G),
+                    no_t5 ? 0 : component_bytes(pp, SD3_T5), (int64_t)sd_weights_total_bytes(tw),
+                    (int64_t)sd_weights_total_bytes(vw), n, h, w, guidance, no_t5};
+  int64_t budget = p->max_memory > 0 ? p->max_memory : sd_plan_default_budget();
+  rc = sd_plan_choose(&r->plan, budget, r->min_level, estimate_sd3, &u, r->err);
+  if (rc == SD_ERR_OOM && !no_t5) {
+    /* Dropping T5 is the last resort: its part of the prompt becomes zeros,
+     * as diffusers does without text_encoder_3. */
+    u.no_t5 = 1;
+    u.t5 = 0;
+    sd_error_clear(r->err);
+    rc = sd_plan_choose(&r->plan, budget, r->min_level, estimate_sd3, &u, r->err);
+    if (!rc) {
+      no_t5 = 1;
+      sd_monitor_warn(&r->mon, "the T5 encoder does not fit the memory budget: encoding "
+                               "without it (its part of the prompt is zeros)");
+    }
+  }
+  r->have_plan = 1;
+  char text[2048];
+  sd_plan_describe(&r->plan, text, sizeof text);
+  if (p->on_event) p->on_event(SDGEN_EVENT_PLAN, text, p->user);
+  if (rc) goto done;
+  if (r->plan.level > SD_PLAN_RELEASE_TE && r->plan.level > r->min_level) {
+    char avail[32], need[32];
+    sd_monitor_warn(&r->mon, "Low memory detected (%s budget)",
+                    sd_format_size(budget, avail, sizeof avail));
+    sd_monitor_info(&r->mon, "   SD3 needs %s to run fully resident; using %s instead",
+                    sd_format_size(r->plan.resident_peak, need, sizeof need),
+                    sd_plan_level_name(r->plan.level));
+  }
+  sd_monitor_optimization(&r->mon, "Text encoders run one at a time and are released");
+  sd_monitor_optimization(&r->mon, "Enabled attention slicing (flash-style key chunks)");
+  if (r->plan.level >= SD_PLAN_VAE_SLICING) sd_monitor_optimization(&r->mon, "Enabled VAE slicing");
+  if (r->plan.level >= SD_PLAN_VAE_TILING) sd_monitor_optimization(&r->mon, "Enabled VAE tiling");
+  if (r->plan.level >= SD_PLAN_STREAMING) {
+    sd_monitor_optimization(&r->mon, "Enabled weight streaming (one MMDiT block resident)");
+    sd_mmdit_set_weight_streaming(m, 1);
+  }
+  if (no_t5) sd_monitor_optimization(&r->mon, "T5 left out (--no-t5)");
+  if (p->dry_run) {
+    r->dry_run_done = 1;
+    goto done;
+  }
+  if (no_t5 != p->no_t5) { /* reopen without T5 */
+    sd3_pipeline_free(pp);
+    pp = NULL;
+    src.skip_t5 = 1;
+    if ((rc = sd3_pipeline_open(&pp, &src, r->err))) goto done;
+  }
+
+  sd_monitor_cleanup(&r->mon, "Cleaning memory before generation...");
+  sd_monitor_stage(&r->mon, "Before generation");
+  t = sd_now();
+  const char *prompts[2] = {p->negative_prompt ? p->negative_prompt : "", p->prompt};
+  if ((rc = sd3_encode_prompts(pp, guidance ? prompts : prompts + 1, guidance ? 2 : 1,
+                               T5_TOKENS, &embeds, &pooled, &tokens, r->err)))
+    goto done;
+  r->t_encode = sd_now() - t;
+  sd_monitor_stage(&r->mon, "After text encoding");
+
+  int64_t per = (int64_t)C * h * w;
+  lat = sd_alloc(sizeof(float) * per * n);
+  rng = sd_rng_new((sd_rng_kind)sd_rng_kind_parse(p->rng ? p->rng : "cpu"), p->seed);
+  if (!lat || !rng) {
+    rc = sd_fail(r->err, SD_ERR_OOM, "out of memory");
+    goto done;
+  }
+  if ((rc = sd3_pipeline_scheduler_config(pp, &scfg, r->err))) goto done;
+  sd_sampler kind = p->sampler ? (sd_sampler)sd_sampler_parse(p->sampler) : SD_SAMPLER_DEFAULT;
+  if (kind != SD_SAMPLER_DEFAULT && kind != SD_SAMPLER_FLOW_EULER) {
+    rc = sd_fail(r->err, SD_ERR_ARG, "SD3 models sample with flow_euler only (got %s)",
+                 p->sampler);
+    goto done;
+  }
+  /* All images' noise in one draw, as diffusers does for a batch. */
+  sd_rng_randn(rng, lat, per * n);
+  r->stage_start = t = sd_now();
+  for (int b = 0; b < n && !rc; b++) {
+    sd_scheduler_free(sched);
+    sched = NULL;
+    if ((rc = sd_scheduler_create(&sched, scfg, SD_SAMPLER_DEFAULT, NULL, r->err)) ||
+        (rc = sd_scheduler_set_timesteps(sched, r->steps, r->err)))
+      break;
+    r->sampler = sd_scheduler_kind(sched);
+    float sigma = sd_scheduler_init_noise_sigma(sched);
+    for (int64_t i = 0; i < per; i++) lat[per * b + i] *= sigma;
+    step_relay relay = {r, b * r->steps, n * r->steps};
+    rc = sd3_denoise(m, sched, lat + per * b, h, w, embeds, pooled, tokens, r->cfg, 0,
+                     relay_progress, &relay, r->err);
+  }
+  r->t_denoise = sd_now() - t;
+  if (rc) goto done;
+  sd_monitor_stage(&r->mon, "After generation");
+  snprintf(r->latents_path, sizeof r->latents_path, "%s/output_%s.latents.safetensors",
+           p->output_dir, r->stamp);
+  {
+    sd_tensor lt = {.dtype = SD_F32, .ndim = 4, .shape = {n, C, h, w}, .data = lat};
+    sd_named_tensor nt = {"latents", &lt};
+    if ((rc = sd_write_latents(r->latents_path, &nt, r->model_path, r->err))) goto done;
+  }
+  /* The transformer is done: its pages leave before the VAE runs. */
+  sd_mmdit_free(m);
+  m = NULL;
+  sd_weights_free(tw);
+  tw = NULL;
+  sd_monitor_cleanup(&r->mon, "Releasing the transformer before the decode...");
+  t = sd_now();
+  r->images = sd_alloc(sizeof(float) * n * 3 * H * W);
+  if (!r->images) {
+    rc = sd_fail(r->err, SD_ERR_OOM, "out of memory");
+    goto done;
+  }
+  int mode = r->plan.level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
+             : r->plan.level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
+                                                    : SD_DECODE_BATCH;
+  if ((rc = sd_decode_latents(vae, lat, n, h, w, mode, r->images, r->err))) goto done;
+  r->t_decode = sd_now() - t;
+  sd_monitor_stage(&r->mon, "After decode");
+done:
+  sd_free(embeds);
+  sd_free(pooled);
+  sd_free(lat);
+  sd_rng_free(rng);
+  sd_scheduler_free(sched);
+  cJSON_Delete(scfg);
+  sd_mmdit_free(m);
+  sd_vae_free(vae);
+  sd_weights_free(tw);
+  sd_weights_free(vw);
+  cJSON_Delete(tcfg);
+  cJSON_Delete(vcfg);
+  sd3_pipeline_free(pp);
+  return rc;
 }

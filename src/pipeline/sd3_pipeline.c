@@ -10,6 +10,7 @@
 #include "sample/rng.h"
 #include "text/clip_tokenizer.h"
 #include "text/t5_tokenizer.h"
+#include "pipeline/tokenizers.h"
 
 #define PATH_MAX_LEN 4096
 
@@ -235,12 +236,10 @@ done:
 
 static int tokenize_clip(const char *dir, const char *sub, const char *const *prompts,
                          int n, int32_t *ids, sd_error *err) {
-  char path[PATH_MAX_LEN + 64];
   sd_clip_tokenizer *tok = NULL;
-  sd_path_join(path, sizeof path, dir, sub);
-  int rc = sd_clip_tokenizer_load_dir(&tok, path, err);
+  int rc = sd_open_clip_tokenizer(dir, NULL, sub, &tok, err);
   if (!rc && sd_clip_tokenizer_max_len(tok) != SD3_CLIP_TOKENS)
-    rc = sd_fail(err, SD_ERR_FORMAT, "%s: max length %d, SD3 needs %d", path,
+    rc = sd_fail(err, SD_ERR_FORMAT, "%s/%s: max length %d, SD3 needs %d", dir, sub,
                  sd_clip_tokenizer_max_len(tok), SD3_CLIP_TOKENS);
   for (int i = 0; i < n && !rc; i++)
     rc = sd_clip_tokenize(tok, prompts[i] ? prompts[i] : "", ids + i * SD3_CLIP_TOKENS, err);
@@ -280,9 +279,7 @@ int sd3_encode_prompts(sd3_pipeline *p, const char *const *prompts, int n,
   w = NULL;
 
   if (!p->src.skip_t5) {
-    char dir[PATH_MAX_LEN + 64];
-    sd_path_join(dir, sizeof dir, p->tokenizers, "tokenizer_3");
-    if ((rc = sd_t5_tokenizer_load_dir(&t5tok, dir, err))) goto done;
+    if ((rc = sd_open_t5_tokenizer(p->tokenizers, NULL, &t5tok, err))) goto done;
     for (int i = 0; i < n && !rc; i++)
       rc = sd_t5_tokenize(t5tok, prompts[i] ? prompts[i] : "", ids_t + (int64_t)i * max_seq,
                           max_seq, err);
@@ -387,8 +384,7 @@ int sd3_decode(const sd_vae *vae, const float *latents, int B, int H, int W,
   return rc;
 }
 
-static int load_scheduler(const sd3_pipeline *p, int steps, sd_scheduler **s,
-                          sd_error *err) {
+int sd3_pipeline_scheduler_config(const sd3_pipeline *p, cJSON **out, sd_error *err) {
   cJSON *cfg = NULL;
   int rc;
   char path[PATH_MAX_LEN + 64];
@@ -401,6 +397,14 @@ static int load_scheduler(const sd3_pipeline *p, int steps, sd_scheduler **s,
                       "\"num_train_timesteps\": 1000, \"shift\": 3.0}");
     rc = cfg ? SD_OK : sd_fail(err, SD_ERR_OOM, "out of memory");
   }
+  *out = rc ? NULL : cfg;
+  return rc;
+}
+
+static int load_scheduler(const sd3_pipeline *p, int steps, sd_scheduler **s,
+                          sd_error *err) {
+  cJSON *cfg = NULL;
+  int rc = sd3_pipeline_scheduler_config(p, &cfg, err);
   if (!rc) rc = sd_scheduler_create(s, cfg, SD_SAMPLER_DEFAULT, NULL, err);
   if (!rc) rc = sd_scheduler_set_timesteps(*s, steps, err);
   cJSON_Delete(cfg);

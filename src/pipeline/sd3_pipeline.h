@@ -95,6 +95,10 @@ typedef enum sd3_component {
 int sd3_pipeline_open_component(const sd3_pipeline *p, sd3_component which,
                                 sd_weights **w, cJSON **cfg, sd_error *err);
 
+/* The model's scheduler_config.json (the release config for single files);
+ * *cfg is owned by the caller. */
+int sd3_pipeline_scheduler_config(const sd3_pipeline *p, cJSON **cfg, sd_error *err);
+
 /* Encodes n prompts with each encoder in turn (each loaded, used for all
  * prompts, released). embeds: (n, 77 + max_seq, joint_dim), pooled:
  * (n, pooled_dim), both from sd_alloc (caller frees). */

@@ -8,6 +8,7 @@
 #include "io/json.h"
 #include "io/model_dir.h"
 #include "models/vae_tiled.h"
+#include "pipeline/tokenizers.h"
 #include "tensor/ops.h"
 
 const char *sd_model_family_name(sd_model_family f) {
@@ -68,23 +69,10 @@ static int read_json_opt(const char *dir, const char *sub, const char *file, cJS
   return sd_is_file(q) ? sd_json_read_file(q, out, err) : SD_OK;
 }
 
-/* Tokenizer from <dir>/<sub> (a diffusers tokenizer folder) or from a
- * --tokenizers folder laid out as clip/vocab.json + tokenizer_config_<s>.json. */
+/* Tokenizer from the model folder, then the --tokenizers folder. */
 static int load_tokenizer(sd_clip_tokenizer **out, const char *model_dir, const char *sub,
-                          const char *tokenizers_dir, const char *suffix, sd_error *err) {
-  char p[4096];
-  if (model_dir) {
-    sd_path_join(p, sizeof p, model_dir, sub);
-    if (sd_is_dir(p)) return sd_clip_tokenizer_load_dir(out, p, err);
-  }
-  if (tokenizers_dir) {
-    sd_path_join(p, sizeof p, tokenizers_dir, "clip");
-    if (sd_is_dir(p)) return sd_clip_tokenizer_load_dir_suffix(out, p, suffix, err);
-    return sd_clip_tokenizer_load_dir(out, tokenizers_dir, err);
-  }
-  return sd_fail(err, SD_ERR_IO,
-                 "no CLIP tokenizer found: pass --tokenizers DIR (a folder with "
-                 "clip/vocab.json and clip/merges.txt)");
+                          const char *tokenizers_dir, sd_error *err) {
+  return sd_open_clip_tokenizer(model_dir, tokenizers_dir, sub, out, err);
 }
 
 static int load_folder(sd_unet_model *m, const sd_load_options *opt, sd_error *err) {
@@ -136,7 +124,7 @@ static int load_folder(sd_unet_model *m, const sd_load_options *opt, sd_error *e
     cJSON_Delete(cfg);
     cfg = NULL;
     if (rc) return rc;
-    if ((rc = load_tokenizer(&m->tok1, dir, "tokenizer", opt->tokenizers_dir, "sd15", err)))
+    if ((rc = load_tokenizer(&m->tok1, dir, "tokenizer", opt->tokenizers_dir, err)))
       return rc;
   }
   if (m->family != SD_MODEL_SD1) {
@@ -145,7 +133,7 @@ static int load_folder(sd_unet_model *m, const sd_load_options *opt, sd_error *e
     rc = sd_clip_load(&m->te2, m->w_te2, "", cfg, SD_ACT_GELU, err);
     cJSON_Delete(cfg);
     if (rc) return rc;
-    if ((rc = load_tokenizer(&m->tok2, dir, "tokenizer_2", opt->tokenizers_dir, "sdxl2", err)))
+    if ((rc = load_tokenizer(&m->tok2, dir, "tokenizer_2", opt->tokenizers_dir, err)))
       return rc;
   }
   return SD_OK;
@@ -212,7 +200,7 @@ static int load_single_file(sd_unet_model *m, const sd_load_options *opt, sd_err
     cJSON_Delete(cfg);
     cfg = NULL;
     if (rc) return rc;
-    if ((rc = load_tokenizer(&m->tok1, cd, "tokenizer", opt->tokenizers_dir, "sd15", err)))
+    if ((rc = load_tokenizer(&m->tok1, cd, "tokenizer", opt->tokenizers_dir, err)))
       return rc;
   }
   if (m->family != SD_MODEL_SD1) {
@@ -221,7 +209,7 @@ static int load_single_file(sd_unet_model *m, const sd_load_options *opt, sd_err
     rc = sd_clip_load(&m->te2, m->w_te2, "", cfg, SD_ACT_GELU, err);
     cJSON_Delete(cfg);
     if (rc) return rc;
-    if ((rc = load_tokenizer(&m->tok2, cd, "tokenizer_2", opt->tokenizers_dir, "sdxl2", err)))
+    if ((rc = load_tokenizer(&m->tok2, cd, "tokenizer_2", opt->tokenizers_dir, err)))
       return rc;
   }
   return SD_OK;

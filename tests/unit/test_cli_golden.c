@@ -124,6 +124,89 @@ static void run_model(const char *fixtures, const char *model, const cJSON *root
   }
 }
 
+/* SD3 family: cases.e2e.runs; image_u8 is (1, 3, H, W). The diffusers
+ * folder, and the single file with the separate text encoder files. */
+static void run_sd3_model(const char *fixtures, const char *model, const cJSON *root) {
+  char p[4200];
+  const cJSON *e2e = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "cases"), "e2e");
+  const cJSON *run;
+  sd_weights *g = NULL;
+  sd_error err = {0};
+  snprintf(p, sizeof p, "%s/golden/%s/golden.safetensors", fixtures, model);
+  if (sd_weights_open(&g, p, &err)) {
+    CHECK_MSG(0, "%s", err.msg);
+    return;
+  }
+  char folder[1024];
+  snprintf(folder, sizeof folder, "%s", sd_json_str(root, "model_folder", model));
+  size_t fl = strlen(folder);
+  if (fl && folder[fl - 1] == '/') folder[fl - 1] = 0;
+  const char *single = sd_json_str(root, "single_file", NULL);
+  char enc[4096];
+  snprintf(enc, sizeof enc, "%s/text_encoders", fixtures);
+  cJSON_ArrayForEach(run, cJSON_GetObjectItemCaseSensitive(e2e, "runs")) {
+    const char *tag = sd_json_str(run, "tag", "x");
+    const char *lat = sd_json_str(run, "latents", "");
+    const char *seedp = strstr(lat, "seed ");
+    long long seed = seedp ? atoll(seedp + 5) : 0;
+    int no_t5 = strcmp(sd_json_str(run, "text_encoder_3", "used"), "used") != 0;
+    snprintf(p, sizeof p, "e2e.%s.image_u8", tag);
+    const sd_tensor *gu8 = sd_weights_get(g, p);
+    int layouts = single && sd_is_dir(enc) && strcmp(model, "sd35-large") == 0 ? 2 : 1;
+    for (int layout = 0; layout < layouts; layout++) {
+      char cmd[16384], qp[4096], qn[4096] = "", model_arg[8192], out[512];
+      snprintf(out, sizeof out, "cli_golden_out/%s_%s_%d", model, tag, layout);
+      quote(qp, sizeof qp, sd_json_str(run, "prompt", ""));
+      const cJSON *neg = cJSON_GetObjectItemCaseSensitive(run, "negative_prompt");
+      if (cJSON_IsString(neg)) {
+        char q[4000];
+        quote(q, sizeof q, neg->valuestring);
+        snprintf(qn, sizeof qn, "--negative-prompt %s", q);
+      }
+      if (layout == 0)
+        snprintf(model_arg, sizeof model_arg, "--model %s/%s", fixtures, folder);
+      else
+        snprintf(model_arg, sizeof model_arg,
+                 "--model %s/%s --clip-l %s/clip_l.safetensors --clip-g %s/clip_g.safetensors "
+                 "--t5 %s/t5xxl.safetensors --tokenizers %s/%s",
+                 fixtures, single, enc, enc, enc, fixtures, folder);
+      snprintf(cmd, sizeof cmd,
+               "rm -rf %s && ./generate %s %s %s %s --steps %d --cfg %g --seed %lld --width %d "
+               "--height %d --output %s -q --threads 1 > %s.list",
+               out, qp, qn, model_arg, no_t5 ? "--no-t5" : "",
+               sd_json_int(run, "num_inference_steps", 4), sd_json_num(run, "guidance_scale", 0),
+               seed, sd_json_int(run, "width", 128), sd_json_int(run, "height", 128), out, out);
+      int rc = system(cmd);
+      CHECK_MSG(rc == 0, "%s/%s layout %d: generate failed (%d)", model, tag, layout, rc);
+      if (rc || !gu8) continue;
+      snprintf(p, sizeof p, "%s.list", out);
+      FILE *f = fopen(p, "r");
+      char line[4096] = "";
+      if (f && fgets(line, sizeof line, f)) line[strcspn(line, "\n")] = 0;
+      if (f) fclose(f);
+      sd_image img = {0};
+      int worst = 99;
+      if (!sd_image_read(line, &img, &err) && gu8->ndim == 4 && gu8->shape[1] == 3 &&
+          gu8->shape[2] == img.height && gu8->shape[3] == img.width) {
+        const uint8_t *gp = gu8->data;
+        int64_t hw = (int64_t)img.width * img.height;
+        worst = 0;
+        for (int64_t i = 0; i < hw; i++)
+          for (int c = 0; c < 3; c++) {
+            int d = abs((int)img.data[i * 3 + c] - (int)gp[c * hw + i]);
+            if (d > worst) worst = d;
+          }
+      }
+      sd_image_free(&img);
+      CHECK_MSG(worst <= 1, "%s/%s layout %d: max diff %d levels", model, tag, layout, worst);
+      if (worst <= 1)
+        printf("PASS %s/e2e.%s %s: max |diff| %d\n", model, tag, layout ? "single-file" : "folder",
+               worst);
+    }
+  }
+  sd_weights_free(g);
+}
+
 int main(int argc, char **argv) {
   const char *fixtures = argc > 1 ? argv[1] : getenv("SDGEN_FIXTURES");
   if (!fixtures) fixtures = SDGEN_FIXTURES_DEFAULT;
@@ -152,8 +235,11 @@ int main(int argc, char **argv) {
       CHECK_MSG(0, "%s", err.msg);
       continue;
     }
-    if (cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(root, "cases")))
+    const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases");
+    if (cJSON_IsArray(cases))
       run_model(fixtures, e->d_name, root);
+    else if (cJSON_GetObjectItemCaseSensitive(cases, "e2e"))
+      run_sd3_model(fixtures, e->d_name, root);
     cJSON_Delete(root);
   }
   if (d) closedir(d);

@@ -1,0 +1,338 @@
+/* SQLite-style allocation-failure loop over a whole generation, in process.
+ *
+ * One 64x64, 1-step, 1-thread run of the tiny SD 1.5 fixture is repeated
+ * with allocation N failing (sd_alloc_fail_at), for N = 1, 2, 3 ... until a
+ * run no longer reaches N. Every run must end in one of two ways:
+ *   - success: exactly one PNG and its JSON in the output folder, and, when
+ *     the fault was hit, the failure recorded in memory.recovered_failures
+ *     (the library retries the base stage on SD_ERR_OOM with a more frugal
+ *     plan);
+ *   - a clean error: nonzero status, a message, nothing half-written in the
+ *     output folder, and tracked bytes in use back to the pre-run value.
+ * The one file a failed run may leave is the latents file, and only when the
+ * library announced it ("latents kept in PATH": a failed decode keeps the
+ * denoised latents so that --decode can finish the image); it must then be
+ * a complete latents file.
+ *
+ * Every N up to DENSE_LIMIT is tested, then a stride chosen from the
+ * measured time of one run so the test stays within its time budget (larger
+ * under AddressSanitizer). A sticky variant (every allocation from N on
+ * fails) is sampled at about 50 points and must never crash or leak.
+ *
+ * usage: test_fault_injection [FIXTURES_DIR]   (exit 77 when absent) */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "base/alloc.h"
+#include "io/safetensors.h"
+#include "sdgen.h"
+#include "test_util.h"
+
+#ifndef SDGEN_FIXTURES_DEFAULT
+#define SDGEN_FIXTURES_DEFAULT "../shared/fixtures"
+#endif
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
+
+/* Dense range, then a time budget for the strided remainder (seconds). The
+ * CI runs this under ASan too, where one run is ~10x slower. */
+#define DENSE_LIMIT 400
+#define STICKY_POINTS 50
+#if UNDER_ASAN
+#define TIME_BUDGET_S 120.0
+#else
+#define TIME_BUDGET_S 40.0
+#endif
+
+static char out_dir[4096];
+
+/* What the library told the caller during one run. */
+typedef struct run_events {
+  char latents_kept[4096]; /* path from a "latents kept in PATH" event */
+} run_events;
+
+static void on_event(int kind, const char *text, void *user) {
+  run_events *ev = user;
+  static const char kept[] = "latents kept in ";
+  if (kind == SDGEN_EVENT_INFO && strncmp(text, kept, sizeof kept - 1) == 0)
+    snprintf(ev->latents_kept, sizeof ev->latents_kept, "%s", text + sizeof kept - 1);
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), m = strlen(suffix);
+  return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* Files in the output folder, by kind. */
+typedef struct dir_census {
+  int png, json, latents, other;
+  char first_other[512];
+  char latents_name[512];
+} dir_census;
+
+static dir_census census(void) {
+  dir_census c = {0};
+  DIR *d = opendir(out_dir);
+  if (!d) return c;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    /* a temporary name ("x.png.tmp.123") is leftover, whatever it ends in */
+    if (strstr(e->d_name, ".tmp")) {
+      if (!c.other++) snprintf(c.first_other, sizeof c.first_other, "%s", e->d_name);
+    } else if (ends_with(e->d_name, ".latents.safetensors")) {
+      c.latents++;
+      snprintf(c.latents_name, sizeof c.latents_name, "%s", e->d_name);
+    } else if (ends_with(e->d_name, ".png")) {
+      c.png++;
+    } else if (ends_with(e->d_name, ".json")) {
+      c.json++;
+    } else if (!c.other++) {
+      snprintf(c.first_other, sizeof c.first_other, "%s", e->d_name);
+    }
+  }
+  closedir(d);
+  return c;
+}
+
+static void empty_out_dir(void) {
+  DIR *d = opendir(out_dir);
+  if (!d) return;
+  struct dirent *e;
+  char path[4400];
+  while ((e = readdir(d))) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    snprintf(path, sizeof path, "%s/%s", out_dir, e->d_name);
+    unlink(path);
+  }
+  closedir(d);
+}
+
+/* Number of entries in the JSON's memory.recovered_failures (-1: unreadable). */
+static int recovered_failures(const char *json_path) {
+  FILE *f = fopen(json_path, "rb");
+  if (!f) return -1;
+  char *buf = NULL;
+  size_t cap = 0, len = 0, got;
+  char chunk[8192];
+  while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) {
+    if (len + got + 1 > cap) {
+      cap = (len + got + 1) * 2;
+      char *nb = realloc(buf, cap);
+      if (!nb) break;
+      buf = nb;
+    }
+    memcpy(buf + len, chunk, got);
+    len += got;
+  }
+  fclose(f);
+  if (!buf) return -1;
+  buf[len] = 0;
+  cJSON *o = cJSON_Parse(buf);
+  free(buf);
+  if (!o) return -1;
+  const cJSON *mem = cJSON_GetObjectItemCaseSensitive(o, "memory");
+  const cJSON *rf = mem ? cJSON_GetObjectItemCaseSensitive(mem, "recovered_failures") : NULL;
+  int n = cJSON_IsArray(rf) ? cJSON_GetArraySize(rf) : -1;
+  cJSON_Delete(o);
+  return n;
+}
+
+/* A kept latents file must be complete: one (1, 4, 8, 8) tensor. */
+static int latents_file_complete(const char *path) {
+  sd_weights *w = NULL;
+  sd_error err = {0};
+  if (sd_weights_open(&w, path, &err)) return 0;
+  const sd_tensor *t = sd_weights_get(w, "latents");
+  int ok = t && t->ndim == 4 && t->shape[0] == 1 && t->shape[1] == 4 && t->shape[2] == 8 &&
+           t->shape[3] == 8;
+  sd_weights_free(w);
+  return ok;
+}
+
+typedef struct run_outcome {
+  int rc;
+  int64_t calls;   /* allocation calls the run made after arming */
+  int fault_hit;
+  int ok;          /* every check passed */
+} run_outcome;
+
+/* One generation with allocation `n` failing (sticky: and all after it).
+ * Checks the outcome; counts failures through CHECK_MSG. */
+static run_outcome run_once(sdgen_ctx *ctx, sdgen_params *p, int64_t n, int sticky) {
+  run_events ev = {{0}};
+  p->user = &ev;
+  sdgen_result res;
+  int failed_before = t_failed;
+  int64_t in_use_before = sd_alloc_get_stats().bytes_in_use;
+  sd_alloc_fail_at(n, sticky);
+  int rc = sdgen_generate(ctx, p, &res);
+  run_outcome o = {rc, sd_alloc_calls_since_arm(), sd_alloc_fault_triggered(), 0};
+  sd_alloc_fail_at(0, 0); /* the checks below allocate */
+  int64_t in_use_after = sd_alloc_get_stats().bytes_in_use;
+  const char *mode = sticky ? "sticky" : "once";
+  dir_census c = census();
+
+  CHECK_MSG(in_use_after == in_use_before,
+            "N=%lld (%s) rc=%d: %lld tracked bytes leaked (message: %s)", (long long)n, mode,
+            rc, (long long)(in_use_after - in_use_before), sdgen_last_error(ctx));
+  CHECK_MSG(c.other == 0, "N=%lld (%s) rc=%d: leftover file %s", (long long)n, mode, rc,
+            c.first_other);
+  if (rc == 0) {
+    CHECK_MSG(res.count == 1 && c.png == 1 && c.json == 1 && c.latents == 0,
+              "N=%lld (%s): success but count=%d png=%d json=%d latents=%d", (long long)n, mode,
+              res.count, c.png, c.json, c.latents);
+    if (res.count == 1) {
+      struct stat st;
+      CHECK_MSG(stat(res.images[0], &st) == 0 && st.st_size > 0,
+                "N=%lld (%s): reported image %s missing", (long long)n, mode, res.images[0]);
+      int recovered = recovered_failures(res.metadata[0]);
+      CHECK_MSG(recovered >= 0, "N=%lld (%s): metadata %s unreadable", (long long)n, mode,
+                res.metadata[0]);
+      CHECK_MSG(!o.fault_hit || recovered > 0,
+                "N=%lld (%s): allocation failed but the run succeeded with no recovered "
+                "failure recorded",
+                (long long)n, mode);
+    }
+  } else {
+    const char *msg = sdgen_last_error(ctx);
+    CHECK_MSG(msg && msg[0], "N=%lld (%s): status %d without a message", (long long)n, mode, rc);
+    CHECK_MSG(o.fault_hit, "N=%lld (%s): failed (%s) without the fault being hit", (long long)n,
+              mode, msg);
+    CHECK_MSG(c.png == 0 && c.json == 0, "N=%lld (%s): error (%s) left png=%d json=%d",
+              (long long)n, mode, msg, c.png, c.json);
+    if (c.latents) {
+      char path[4400];
+      snprintf(path, sizeof path, "%s/%s", out_dir, c.latents_name);
+      CHECK_MSG(c.latents == 1 && strcmp(ev.latents_kept, path) == 0,
+                "N=%lld (%s): error (%s) left %s unannounced", (long long)n, mode, msg,
+                c.latents_name);
+      CHECK_MSG(latents_file_complete(path), "N=%lld (%s): kept latents file %s is incomplete",
+                (long long)n, mode, c.latents_name);
+    } else {
+      CHECK_MSG(!ev.latents_kept[0], "N=%lld (%s): announced %s but no latents file",
+                (long long)n, mode, ev.latents_kept);
+    }
+  }
+  empty_out_dir();
+  o.ok = t_failed == failed_before;
+  return o;
+}
+
+int main(int argc, char **argv) {
+  const char *fix = argc > 1 ? argv[1] : getenv("SDGEN_FIXTURES");
+  if (!fix || !fix[0]) fix = SDGEN_FIXTURES_DEFAULT;
+  char model[4096];
+  snprintf(model, sizeof model, "%s/sd15", fix);
+  struct stat st;
+  if (stat(model, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    printf("SKIP: fixture model %s not found\n", model);
+    return 77;
+  }
+  snprintf(out_dir, sizeof out_dir, "/tmp/sdgen_fault_XXXXXX");
+  if (!mkdtemp(out_dir)) {
+    perror("mkdtemp");
+    return 1;
+  }
+
+  sdgen_ctx *ctx;
+  if (sdgen_ctx_new(&ctx)) {
+    fprintf(stderr, "cannot create a context\n");
+    return 1;
+  }
+  sdgen_params p = sdgen_default_params();
+  p.prompt = "a red fox in the snow";
+  p.model = model;
+  p.steps = 1;
+  p.width = 64;
+  p.height = 64;
+  p.threads = 1;
+  p.offline = 1; /* a local folder: never a reason to touch the network */
+  p.output_dir = out_dir;
+  p.on_event = on_event;
+
+  /* Reference run: no fault. Also warms whatever is set up once per
+   * process, so later runs start from the same tracked baseline. */
+  double t0 = now_s();
+  run_outcome ref = run_once(ctx, &p, 0, 0);
+  double t_run = now_s() - t0;
+  CHECK_MSG(ref.rc == 0, "reference run failed: %s", sdgen_last_error(ctx));
+  if (ref.rc != 0) {
+    rmdir(out_dir);
+    sdgen_ctx_free(ctx);
+    return test_finish();
+  }
+  int64_t total = ref.calls;
+  /* Runs after a fault cost about one run plus a retry; keep margin. */
+  double per_run = t_run * 1.5;
+  int64_t dense = total < DENSE_LIMIT ? total : DENSE_LIMIT;
+  double left = TIME_BUDGET_S - per_run * (double)(dense + STICKY_POINTS);
+  int64_t strided_runs = left > per_run ? (int64_t)(left / per_run) : 1;
+  int64_t stride = total > dense ? (total - dense + strided_runs - 1) / strided_runs : 1;
+  if (stride < 1) stride = 1;
+  printf("reference run: %lld allocation calls, %.3f s; dense up to %lld, then stride %lld%s\n",
+         (long long)total, t_run, (long long)dense, (long long)stride,
+         UNDER_ASAN ? " (AddressSanitizer)" : "");
+
+  int runs = 0, successes = 0, errors = 0, reported = 0;
+  double t_loop = now_s();
+  for (int64_t n = 1;; n += n < DENSE_LIMIT ? 1 : stride) {
+    run_outcome o = run_once(ctx, &p, n, 0);
+    runs++;
+    if (o.rc == 0)
+      successes++;
+    else
+      errors++;
+    if (!o.ok && ++reported >= 20) {
+      printf("stopping after 20 failing runs\n");
+      break;
+    }
+    if (o.calls < n) break; /* this run never reached allocation n */
+  }
+  printf("single faults: %d runs (%d recovered or unaffected, %d clean errors) in %.1f s\n",
+         runs, successes, errors, now_s() - t_loop);
+
+  /* Sticky: every allocation from N on fails, so recovery cannot help. */
+  int sticky_runs = 0, sticky_ok = 0;
+  t_loop = now_s();
+  for (int i = 0; i < STICKY_POINTS; i++) {
+    int64_t n = 1 + (int64_t)i * (total - 1) / (STICKY_POINTS - 1);
+    run_outcome o = run_once(ctx, &p, n, 1);
+    sticky_runs++;
+    sticky_ok += o.ok;
+  }
+  printf("sticky faults: %d runs, %d clean, in %.1f s\n", sticky_runs, sticky_ok,
+         now_s() - t_loop);
+
+  /* After all that, a normal run still works and leaks nothing. */
+  run_outcome after = run_once(ctx, &p, 0, 0);
+  CHECK_MSG(after.rc == 0, "run after the fault loop failed: %s", sdgen_last_error(ctx));
+
+  rmdir(out_dir);
+  sdgen_ctx_free(ctx);
+  return test_finish();
+}
