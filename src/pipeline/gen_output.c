@@ -92,9 +92,14 @@ static cJSON *metadata(const gen_run *r, int index, const char *png_name) {
     if (ref) {
       cJSON_AddStringToObject(ref, "path", r->refiner_path);
       cJSON_AddStringToObject(ref, "mode", r->refiner_mode);
-      cJSON_AddNumberToObject(ref, "steps", p->refiner_steps > 0 ? p->refiner_steps : 20);
-      cJSON_AddNumberToObject(ref, "strength",
-                              p->refiner_strength > 0 ? p->refiner_strength : 0.3);
+      if (strcmp(r->refiner_mode, "latent") == 0) {
+        cJSON_AddNumberToObject(ref, "steps", r->steps);
+        cJSON_AddNumberToObject(ref, "switch", p->refiner_switch);
+      } else {
+        cJSON_AddNumberToObject(ref, "steps", p->refiner_steps > 0 ? p->refiner_steps : 20);
+        cJSON_AddNumberToObject(ref, "strength",
+                                p->refiner_strength > 0 ? p->refiner_strength : 0.3);
+      }
     }
   } else {
     cJSON_AddNullToObject(o, "refiner");

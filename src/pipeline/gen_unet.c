@@ -9,6 +9,7 @@
 #include "models/vae_tiled.h"
 #include "pipeline/planner.h"
 #include "io/image.h"
+#include "io/json.h"
 #include "pipeline/generate_internal.h"
 #include "pipeline/unet_pipeline.h"
 #include "tensor/ops.h"
@@ -305,10 +306,19 @@ int gen_base_unet(gen_run *r) {
   r->stage_start = sd_now();
   sd_denoise_options dopt = {.guidance_scale = r->cfg, .steps = r->steps, .sampler = r->sampler,
                              .begin_index = begin, .on_step = gen_progress, .user = r};
+  if (p->refiner_switch > 0) /* the refiner takes over the low-noise end */
+    dopt.end_index = sd_denoising_split_index(
+        sched, p->refiner_switch, sd_json_int(m->scheduler_config, "num_train_timesteps", 1000));
   if ((rc = sd_denoise(m, sched, &cond, &dopt, lat, n, h, w, rng, r->err))) goto done;
   r->t_denoise += sd_now() - r->stage_start;
   sd_conditioning_free(&cond);
   sd_monitor_stage(&r->mon, "After generation");
+  if (p->refiner_switch > 0) {
+    r->handoff = lat; /* latents go to the refiner undecoded */
+    r->handoff_channels = C;
+    lat = NULL;
+    goto done;
+  }
 
   if ((rc = save_latents(r, lat, n, C, h, w, r->model_path))) goto done;
   if (!r->have_plan || r->plan.level > SD_PLAN_RESIDENT) {
@@ -342,32 +352,57 @@ int gen_refine(gen_run *r) {
   sd_monitor_cleanup(&r->mon, "Unloading the base pipeline before the refiner...");
   sd_monitor_stage(&r->mon, "Before refiner");
   double t0 = sd_now();
-  char path[4096];
-  int rc = sd_resolve_model(p, p->refiner, path, sizeof path, r->err);
-  if (rc) return rc;
-  snprintf(r->refiner_path, sizeof r->refiner_path, "%s", path);
-  if (sd_model_is_sd3(path))
-    return sd_fail(r->err, SD_ERR_ARG, "refiner %s is an SD3 model; use an SDXL refiner or "
-                   "an SD 1.5 model", p->refiner);
+  const char *path = r->refiner_path; /* resolved and checked by precheck() */
+  int rc;
   sd_load_options lo = {.path = path, .tokenizers_dir = p->tokenizers_dir,
                         .prefer_fp16 = p->prefer_fp16};
   if ((rc = sd_unet_model_load(&m, &lo, r->err))) return rc;
-  if (strcmp(r->model_type, "sd1") == 0 && m->family != SD_MODEL_SD1) {
-    rc = sd_fail(r->err, SD_ERR_ARG, "an %s refiner cannot refine SD 1.5 images; use an SD 1.5 "
-                 "model as refiner", sd_model_family_name(m->family));
-    goto done;
-  }
-  r->refiner_mode = "image";
+  int latent_mode = r->handoff != NULL;
+  r->refiner_mode = latent_mode ? "latent" : "image";
   int W = r->width, H = r->height, n = r->n;
   int f = sd_vae_downscale(m->vae), C = sd_unet_get_config(m->unet)->in_channels;
   int h = H / f, w = W / f;
   int steps = p->refiner_steps > 0 ? p->refiner_steps : 20;
   float strength = p->refiner_strength > 0 ? p->refiner_strength : 0.3f;
   float cfg = p->cfg >= 0 ? p->cfg : (m->family == SD_MODEL_SD1 ? 7.5f : 5.0f);
+  if (latent_mode) steps = r->steps; /* one schedule, split between the two models */
   if ((rc = sd_scheduler_create(&sched, m->scheduler_config, SD_SAMPLER_DEFAULT, NULL, r->err)) ||
       (rc = sd_scheduler_set_timesteps(sched, steps, r->err)))
     goto done;
   if ((rc = encode(r, m, n, cfg, W, H, &cond))) goto done;
+  if (latent_mode) {
+    /* diffusers' denoising_start: continue from the base latents at the
+     * first timestep below the cutoff, without adding noise. */
+    if (r->handoff_channels != C) {
+      rc = sd_fail(r->err, SD_ERR_ARG, "the refiner expects %d latent channels, the base gave %d",
+                   C, r->handoff_channels);
+      goto done;
+    }
+    int begin = sd_denoising_split_index(
+        sched, p->refiner_switch, sd_json_int(m->scheduler_config, "num_train_timesteps", 1000));
+    sd_scheduler_set_begin_index(sched, begin);
+    rng = sd_rng_new((sd_rng_kind)sd_rng_kind_parse(p->rng ? p->rng : "cpu"), p->seed);
+    if (!rng) {
+      rc = sd_fail(r->err, SD_ERR_OOM, "out of memory in the refiner");
+      goto done;
+    }
+    lat = r->handoff;
+    r->handoff = NULL;
+    r->stage_start = sd_now();
+    sd_denoise_options dopt = {.guidance_scale = cfg, .steps = steps, .begin_index = begin,
+                               .on_step = gen_progress, .user = r};
+    if ((rc = sd_denoise(m, sched, &cond, &dopt, lat, n, h, w, rng, r->err))) goto done;
+    if ((rc = save_latents(r, lat, n, C, h, w, r->refiner_path))) goto done;
+    r->images = sd_alloc(sizeof(float) * n * 3 * H * W);
+    if (!r->images) {
+      rc = sd_fail(r->err, SD_ERR_OOM, "out of memory in the refiner");
+      goto done;
+    }
+    if ((rc = decode(r, m->vae, lat, n, h, w, r->images))) goto done;
+    r->t_refine = sd_now() - t0;
+    sd_monitor_stage(&r->mon, "After refiner");
+    goto done;
+  }
   /* The refiner sees the base image as a PNG holds it: 8-bit quantized. */
   int64_t img_n = (int64_t)n * 3 * H * W;
   for (int64_t i = 0; i < img_n; i++) {

@@ -15,6 +15,7 @@
 #include "base/alloc.h"
 #include "io/checkpoint_map.h"
 #include "io/hub.h"
+#include "io/image.h"
 #include "io/json.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
@@ -86,6 +87,8 @@ int sd_validate_params(const sdgen_params *p, sd_error *err) {
                    p->refiner_strength);
   if (p->refiner && (p->refiner_steps < 1 || p->refiner_steps > 10000))
     return sd_fail(err, SD_ERR_ARG, "refiner steps must be between 1 and 10000");
+  if (p->refiner_switch > 0.0f && !p->refiner)
+    return sd_fail(err, SD_ERR_ARG, "--refiner-switch needs --refiner");
   if (p->refiner_switch < 0.0f || p->refiner_switch >= 1.0f)
     return sd_fail(err, SD_ERR_ARG, "refiner switch must be in (0, 1) (got %g)",
                    p->refiner_switch);
@@ -178,6 +181,77 @@ int sd_model_is_sd3(const char *path) {
   return info.family == SD_FAMILY_SD3;
 }
 
+/* Family of a model on disk without reading weights: "sd1", "sdxl",
+ * "sdxl-refiner", "sd3" or "" when unknown. */
+static const char *model_family(const char *path) {
+  char p[4200];
+  if (sd_is_dir(path)) {
+    cJSON *idx = NULL;
+    sd_path_join(p, sizeof p, path, "model_index.json");
+    if (sd_json_read_file(p, &idx, NULL)) return "";
+    const char *cls = sd_json_str(idx, "_class_name", "");
+    const char *f = strstr(cls, "StableDiffusion3")   ? "sd3"
+                    : strstr(cls, "XLImg2Img")        ? "sdxl-refiner"
+                    : strstr(cls, "XL")               ? "sdxl"
+                    : strstr(cls, "StableDiffusion") ? "sd1"
+                                                      : "";
+    cJSON_Delete(idx);
+    return f;
+  }
+  sd_weights *w = NULL;
+  if (sd_weights_open(&w, path, NULL)) return "";
+  sd_checkpoint_info info;
+  sd_checkpoint_detect(w, &info);
+  sd_weights_free(w);
+  switch (info.family) {
+  case SD_FAMILY_SD1:
+  case SD_FAMILY_SD2: return "sd1";
+  case SD_FAMILY_SDXL_BASE: return "sdxl";
+  case SD_FAMILY_SDXL_REFINER: return "sdxl-refiner";
+  case SD_FAMILY_SD3: return "sd3";
+  default: return "";
+  }
+}
+
+/* Checks that need the models' identities but no weights: refiner
+ * compatibility and the init image, before anything is loaded. */
+static int precheck(gen_run *r, char *refiner_path, size_t n) {
+  const sdgen_params *p = r->p;
+  int rc;
+  if (p->init_image) {
+    sd_image img = {0};
+    if ((rc = sd_image_read(p->init_image, &img, r->err))) return rc;
+    int ok = (!p->width || img.width == p->width) && (!p->height || img.height == p->height);
+    if (!ok)
+      rc = sd_fail(r->err, SD_ERR_ARG,
+                   "init image %s is %dx%d but --width/--height ask for %dx%d", p->init_image,
+                   img.width, img.height, p->width ? p->width : img.width,
+                   p->height ? p->height : img.height);
+    else if (img.width % 8 || img.height % 8)
+      rc = sd_fail(r->err, SD_ERR_ARG, "init image %s is %dx%d: width and height must be "
+                   "multiples of 8", p->init_image, img.width, img.height);
+    sd_image_free(&img);
+    if (rc) return rc;
+  }
+  if (!p->refiner) return SD_OK;
+  if ((rc = sd_resolve_model(p, p->refiner, refiner_path, n, r->err))) return rc;
+  const char *base = model_family(r->model_path), *ref = model_family(refiner_path);
+  if (!ref[0]) return sd_fail(r->err, SD_ERR_FORMAT, "refiner %s is not a model we know", p->refiner);
+  if (strcmp(ref, "sd3") == 0)
+    return sd_fail(r->err, SD_ERR_ARG, "refiner %s is an SD3 model; use an SDXL refiner (or an "
+                   "SD 1.5 model after SD 1.5)", p->refiner);
+  if (strcmp(base, "sd1") == 0 && strcmp(ref, "sd1") != 0)
+    return sd_fail(r->err, SD_ERR_ARG, "an %s refiner cannot follow an SD 1.5 model: use an SD "
+                   "1.5 model as refiner", ref);
+  if (base[0] && strcmp(base, "sd1") != 0 && strcmp(ref, "sd1") == 0)
+    return sd_fail(r->err, SD_ERR_ARG, "an SD 1.5 refiner cannot follow an %s model: use the "
+                   "SDXL refiner", base);
+  if (p->refiner_switch > 0 && (strcmp(base, "sdxl") != 0 || strcmp(ref, "sdxl-refiner") != 0))
+    return sd_fail(r->err, SD_ERR_ARG, "--refiner-switch hands SDXL latents to the SDXL refiner; "
+                   "%s latents cannot go to a %s model", base[0] ? base : "these", ref);
+  return SD_OK;
+}
+
 int gen_progress(int step, int total, void *user) {
   gen_run *r = user;
   if (r->ctx->cancel) return 1;
@@ -227,6 +301,7 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *p, sdgen_result *res) {
 
   sd_monitor_stage(&r.mon, "Before model load");
   if ((rc = sd_resolve_model(p, p->model, r.model_path, sizeof r.model_path, err))) goto fail;
+  if ((rc = precheck(&r, r.refiner_path, sizeof r.refiner_path))) goto fail;
   /* Recovery: an allocation failure inside the base stage is retried (at
    * most twice) with the next more frugal memory plan. */
   r.min_level = p->min_plan;
@@ -247,6 +322,8 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *p, sdgen_result *res) {
     r.min_level = failed_level + 1 < SD_PLAN_LEVELS ? failed_level + 1 : failed_level;
     sd_free(r.images);
     r.images = NULL;
+    sd_free(r.handoff);
+    r.handoff = NULL;
     sd_error_clear(err);
   }
   if (rc) goto fail;
@@ -273,6 +350,7 @@ fail:
   }
 done:
   sd_free(r.images);
+  sd_free(r.handoff);
   for (int b = 0; r.final && b < r.n; b++) sd_image_free(&r.final[b]);
   sd_free(r.final);
   sd_alloc_trim();

@@ -33,8 +33,11 @@ typedef struct gen_run {
   /* timings (seconds) */
   double t_load, t_encode, t_denoise, t_decode, t_refine, t_upscale;
   double stage_start;
-  /* results of the base stage: images (n, 3, H, W) in [-1, 1] */
+  /* results of the base stage: images (n, 3, H, W) in [-1, 1], or, with
+   * --refiner-switch, latents handed to the refiner undecoded */
   float *images;
+  float *handoff;
+  int handoff_channels;
   /* refiner / upscale outcome for the metadata */
   char refiner_path[4096];
   const char *refiner_mode; /* "image" or "latent", NULL when none */

@@ -1,5 +1,6 @@
 #include "pipeline/unet_pipeline.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -361,6 +362,7 @@ int sd_denoise(const sd_unet_model *m, sd_scheduler *sched, const sd_conditionin
   sd_unet_cond uc_cond = {cond->context, cond->ctx_len, cond->pooled, cond->time_ids,
                           cond->n_time_ids};
   int total = sd_scheduler_num_steps(sched);
+  if (o->end_index > 0 && o->end_index < total) total = o->end_index;
   for (int i = o->begin_index; i < total; i++) {
     float t = (float)sd_scheduler_timestep(sched, i);
     memcpy(x_in, latents, sizeof(float) * N);
@@ -430,6 +432,13 @@ done:
   sd_free(std);
   sd_free(noise);
   return rc;
+}
+
+int sd_denoising_split_index(const sd_scheduler *sched, float fraction, int train_steps) {
+  double cutoff = (double)(int)llround(train_steps - (double)fraction * train_steps);
+  int n = sd_scheduler_num_steps(sched), i = 0;
+  while (i < n && sd_scheduler_timestep(sched, i) >= cutoff) i++;
+  return i;
 }
 
 int sd_img2img_begin_index(int steps, float strength) {

@@ -92,6 +92,7 @@ typedef struct sd_denoise_options {
   int steps;
   sd_sampler sampler;
   int begin_index;       /* img2img: first timestep index */
+  int end_index;         /* stop before this index (0: run to the end) */
   int kv_chunk;
   sd_step_cb on_step;
   void *user;
@@ -120,5 +121,12 @@ int sd_encode_image(const sd_vae *vae, const float *image, int n, int H, int W, 
 
 /* diffusers' img2img start: t_start = steps - int(steps * strength). */
 int sd_img2img_begin_index(int steps, float strength);
+
+/* Base/refiner hand-off at `fraction` of the schedule (diffusers'
+ * denoising_end / denoising_start): the cutoff timestep is
+ * round(T - fraction * T); the base runs the timesteps >= cutoff, the
+ * refiner the ones below. Returns the index of the first timestep below
+ * the cutoff in `sched` (after set_timesteps). */
+int sd_denoising_split_index(const sd_scheduler *sched, float fraction, int train_steps);
 
 #endif
