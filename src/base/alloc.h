@@ -45,9 +45,11 @@ int sd_alloc_fault_triggered(void);
 
 /* Plan mode: the same model code runs, but kernels return at once and
  * sd_alloc hands out untouched, lazily-committed address space, so a forward
- * pass costs almost nothing and the tracked peak is the exact activation
- * peak of the real run. Process-wide (it describes what the process would
- * allocate); not for concurrent real work. */
+ * pass costs almost nothing and the tracked peak is the activation peak of
+ * the real run. Kernel-internal scratch (weight panels, conv tiles, bounded
+ * by the kernels) is not seen, since the kernels return first; the planner
+ * adds an allowance for it. Process-wide (it describes what the process
+ * would allocate); not for concurrent real work. */
 void sd_plan_begin(void);
 /* Ends plan mode; returns the tracked peak bytes reached while planning. */
 int64_t sd_plan_end(void);

@@ -7,6 +7,7 @@
 
 #include "base/alloc.h"
 #include "io/json.h"
+#include "models/bind.h"
 #include "io/residency.h"
 #include "tensor/ops.h"
 
@@ -62,79 +63,39 @@ struct sd_unet {
   int stream_weights;
 };
 
-typedef struct binder {
-  const sd_weights *w;
-  sd_error *err;
-  int rc;
-} binder;
 
-/* Fetches `fmt...` requiring ndim (0 = any) and returns it, or NULL with the
- * first error recorded in b. Optional lookups use opt(). */
-static const sd_tensor *req(binder *b, int ndim, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static const sd_tensor *req(binder *b, int ndim, const char *fmt, ...) {
-  char name[256];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(name, sizeof name, fmt, ap);
-  va_end(ap);
-  if (b->rc) return NULL;
-  const sd_tensor *t = sd_weights_get(b->w, name);
-  if (!t) {
-    b->rc = sd_fail(b->err, SD_ERR_FORMAT, "UNet: missing tensor '%s'", name);
-    return NULL;
-  }
-  if (ndim && t->ndim != ndim) {
-    b->rc = sd_fail(b->err, SD_ERR_FORMAT, "UNet: tensor '%s' has %d dims, expected %d",
-                    name, t->ndim, ndim);
-    return NULL;
-  }
-  if (t->dtype != SD_F32 && t->dtype != SD_F16 && t->dtype != SD_BF16) {
-    b->rc = sd_fail(b->err, SD_ERR_FORMAT, "UNet: tensor '%s' has dtype %s", name,
-                    sd_dtype_name(t->dtype));
-    return NULL;
-  }
-  return t;
-}
-
-static void bind_resnet(binder *b, resnet *r, const char *p) {
-  r->norm1_w = req(b, 1, "%s.norm1.weight", p);
-  r->norm1_b = req(b, 1, "%s.norm1.bias", p);
-  r->conv1_w = req(b, 4, "%s.conv1.weight", p);
-  r->conv1_b = req(b, 1, "%s.conv1.bias", p);
-  r->temb_w = req(b, 2, "%s.time_emb_proj.weight", p);
-  r->temb_b = req(b, 1, "%s.time_emb_proj.bias", p);
-  r->norm2_w = req(b, 1, "%s.norm2.weight", p);
-  r->norm2_b = req(b, 1, "%s.norm2.bias", p);
-  r->conv2_w = req(b, 4, "%s.conv2.weight", p);
-  r->conv2_b = req(b, 1, "%s.conv2.bias", p);
+static void bind_resnet(sd_binder *b, resnet *r, const char *p) {
+  r->norm1_w = sd_bind(b, 1, "%s.norm1.weight", p);
+  r->norm1_b = sd_bind(b, 1, "%s.norm1.bias", p);
+  r->conv1_w = sd_bind(b, 4, "%s.conv1.weight", p);
+  r->conv1_b = sd_bind(b, 1, "%s.conv1.bias", p);
+  r->temb_w = sd_bind(b, 2, "%s.time_emb_proj.weight", p);
+  r->temb_b = sd_bind(b, 1, "%s.time_emb_proj.bias", p);
+  r->norm2_w = sd_bind(b, 1, "%s.norm2.weight", p);
+  r->norm2_b = sd_bind(b, 1, "%s.norm2.bias", p);
+  r->conv2_w = sd_bind(b, 4, "%s.conv2.weight", p);
+  r->conv2_b = sd_bind(b, 1, "%s.conv2.bias", p);
   if (b->rc) return;
   r->in_ch = (int)r->conv1_w->shape[1];
   r->out_ch = (int)r->conv1_w->shape[0];
   if (sd_weights_getf(b->w, "%s.conv_shortcut.weight", p)) {
-    r->skip_w = req(b, 4, "%s.conv_shortcut.weight", p);
-    r->skip_b = req(b, 1, "%s.conv_shortcut.bias", p);
+    r->skip_w = sd_bind(b, 4, "%s.conv_shortcut.weight", p);
+    r->skip_b = sd_bind(b, 1, "%s.conv_shortcut.bias", p);
   } else if (r->in_ch != r->out_ch) {
     b->rc = sd_fail(b->err, SD_ERR_FORMAT, "UNet: '%s' changes channels but has no conv_shortcut", p);
   }
 }
 
-static sd_tensor view2d(const sd_tensor *t) {
-  sd_tensor v = *t;
-  v.ndim = 2;
-  v.shape[1] = sd_tensor_numel(t) / t->shape[0];
-  return v;
+
+static void bind_attn(sd_binder *b, attn *a, const char *p) {
+  a->q = sd_bind(b, 2, "%s.to_q.weight", p);
+  a->k = sd_bind(b, 2, "%s.to_k.weight", p);
+  a->v = sd_bind(b, 2, "%s.to_v.weight", p);
+  a->out_w = sd_bind(b, 2, "%s.to_out.0.weight", p);
+  a->out_b = sd_bind(b, 1, "%s.to_out.0.bias", p);
 }
 
-static void bind_attn(binder *b, attn *a, const char *p) {
-  a->q = req(b, 2, "%s.to_q.weight", p);
-  a->k = req(b, 2, "%s.to_k.weight", p);
-  a->v = req(b, 2, "%s.to_v.weight", p);
-  a->out_w = req(b, 2, "%s.to_out.0.weight", p);
-  a->out_b = req(b, 1, "%s.to_out.0.bias", p);
-}
-
-static transformer *bind_transformer(binder *b, const char *p, int heads,
+static transformer *bind_transformer(sd_binder *b, const char *p, int heads,
                                      int head_dim_fixed) {
   if (b->rc) return NULL;
   transformer *t = sd_calloc(1, sizeof *t);
@@ -150,15 +111,15 @@ static transformer *bind_transformer(binder *b, const char *p, int heads,
     b->rc = sd_fail(b->err, SD_ERR_OOM, "out of memory");
     return NULL;
   }
-  t->norm_w = req(b, 1, "%s.norm.weight", p);
-  t->norm_b = req(b, 1, "%s.norm.bias", p);
-  const sd_tensor *pi = req(b, 0, "%s.proj_in.weight", p);
-  const sd_tensor *po = req(b, 0, "%s.proj_out.weight", p);
-  t->proj_in_b = req(b, 1, "%s.proj_in.bias", p);
-  t->proj_out_b = req(b, 1, "%s.proj_out.bias", p);
+  t->norm_w = sd_bind(b, 1, "%s.norm.weight", p);
+  t->norm_b = sd_bind(b, 1, "%s.norm.bias", p);
+  const sd_tensor *pi = sd_bind(b, 0, "%s.proj_in.weight", p);
+  const sd_tensor *po = sd_bind(b, 0, "%s.proj_out.weight", p);
+  t->proj_in_b = sd_bind(b, 1, "%s.proj_in.bias", p);
+  t->proj_out_b = sd_bind(b, 1, "%s.proj_out.bias", p);
   if (b->rc) return t;
-  t->proj_in = view2d(pi);
-  t->proj_out = view2d(po);
+  t->proj_in = sd_view2d(pi);
+  t->proj_out = sd_view2d(po);
   t->channels = (int)t->proj_in.shape[1];
   if (t->proj_in.shape[0] != t->channels || t->proj_out.shape[1] != t->channels) {
     b->rc = sd_fail(b->err, SD_ERR_FORMAT, "UNet: '%s' projections are not square", p);
@@ -174,21 +135,21 @@ static transformer *bind_transformer(binder *b, const char *p, int heads,
     tblock *k = &t->blocks[i];
     char q[300];
     snprintf(q, sizeof q, "%s.transformer_blocks.%d", p, i);
-    k->norm1_w = req(b, 1, "%s.norm1.weight", q);
-    k->norm1_b = req(b, 1, "%s.norm1.bias", q);
-    k->norm2_w = req(b, 1, "%s.norm2.weight", q);
-    k->norm2_b = req(b, 1, "%s.norm2.bias", q);
-    k->norm3_w = req(b, 1, "%s.norm3.weight", q);
-    k->norm3_b = req(b, 1, "%s.norm3.bias", q);
+    k->norm1_w = sd_bind(b, 1, "%s.norm1.weight", q);
+    k->norm1_b = sd_bind(b, 1, "%s.norm1.bias", q);
+    k->norm2_w = sd_bind(b, 1, "%s.norm2.weight", q);
+    k->norm2_b = sd_bind(b, 1, "%s.norm2.bias", q);
+    k->norm3_w = sd_bind(b, 1, "%s.norm3.weight", q);
+    k->norm3_b = sd_bind(b, 1, "%s.norm3.bias", q);
     char a[320];
     snprintf(a, sizeof a, "%s.attn1", q);
     bind_attn(b, &k->self, a);
     snprintf(a, sizeof a, "%s.attn2", q);
     bind_attn(b, &k->cross, a);
-    k->ff1_w = req(b, 2, "%s.ff.net.0.proj.weight", q);
-    k->ff1_b = req(b, 1, "%s.ff.net.0.proj.bias", q);
-    k->ff2_w = req(b, 2, "%s.ff.net.2.weight", q);
-    k->ff2_b = req(b, 1, "%s.ff.net.2.bias", q);
+    k->ff1_w = sd_bind(b, 2, "%s.ff.net.0.proj.weight", q);
+    k->ff1_b = sd_bind(b, 1, "%s.ff.net.0.proj.bias", q);
+    k->ff2_w = sd_bind(b, 2, "%s.ff.net.2.weight", q);
+    k->ff2_b = sd_bind(b, 1, "%s.ff.net.2.bias", q);
     if (!b->rc) k->inner = (int)k->ff2_w->shape[1];
     if (!b->rc && k->ff1_w->shape[0] != 2 * k->inner)
       b->rc = sd_fail(b->err, SD_ERR_FORMAT, "UNet: '%s' feed-forward is not GEGLU", q);
@@ -218,18 +179,18 @@ int sd_unet_load(sd_unet **out, const sd_weights *w, const cJSON *config,
   *out = NULL;
   sd_unet *m = sd_calloc(1, sizeof *m);
   if (!m) return sd_fail(err, SD_ERR_OOM, "out of memory");
-  binder b = {w, err, SD_OK};
+  sd_binder b = {w, err, SD_OK, "UNet"};
   sd_unet_config *c = &m->cfg;
-  m->conv_in_w = req(&b, 4, "conv_in.weight");
-  m->conv_in_b = req(&b, 1, "conv_in.bias");
-  m->time1_w = req(&b, 2, "time_embedding.linear_1.weight");
-  m->time1_b = req(&b, 1, "time_embedding.linear_1.bias");
-  m->time2_w = req(&b, 2, "time_embedding.linear_2.weight");
-  m->time2_b = req(&b, 1, "time_embedding.linear_2.bias");
-  m->norm_out_w = req(&b, 1, "conv_norm_out.weight");
-  m->norm_out_b = req(&b, 1, "conv_norm_out.bias");
-  m->conv_out_w = req(&b, 4, "conv_out.weight");
-  m->conv_out_b = req(&b, 1, "conv_out.bias");
+  m->conv_in_w = sd_bind(&b, 4, "conv_in.weight");
+  m->conv_in_b = sd_bind(&b, 1, "conv_in.bias");
+  m->time1_w = sd_bind(&b, 2, "time_embedding.linear_1.weight");
+  m->time1_b = sd_bind(&b, 1, "time_embedding.linear_1.bias");
+  m->time2_w = sd_bind(&b, 2, "time_embedding.linear_2.weight");
+  m->time2_b = sd_bind(&b, 1, "time_embedding.linear_2.bias");
+  m->norm_out_w = sd_bind(&b, 1, "conv_norm_out.weight");
+  m->norm_out_b = sd_bind(&b, 1, "conv_norm_out.bias");
+  m->conv_out_w = sd_bind(&b, 4, "conv_out.weight");
+  m->conv_out_b = sd_bind(&b, 1, "conv_out.bias");
   if (b.rc) goto fail;
 
   c->in_channels = (int)m->conv_in_w->shape[1];
@@ -285,8 +246,8 @@ int sd_unet_load(sd_unet **out, const sd_weights *w, const cJSON *config,
     if (b.rc) break;
     c->block_out[i] = L->res[0].out_ch;
     if (sd_weights_getf(w, "down_blocks.%d.downsamplers.0.conv.weight", i)) {
-      L->sample_w = req(&b, 4, "down_blocks.%d.downsamplers.0.conv.weight", i);
-      L->sample_b = req(&b, 1, "down_blocks.%d.downsamplers.0.conv.bias", i);
+      L->sample_w = sd_bind(&b, 4, "down_blocks.%d.downsamplers.0.conv.weight", i);
+      L->sample_b = sd_bind(&b, 1, "down_blocks.%d.downsamplers.0.conv.bias", i);
     }
   }
   /* Mid block. */
@@ -311,8 +272,8 @@ int sd_unet_load(sd_unet **out, const sd_weights *w, const cJSON *config,
       }
     }
     if (sd_weights_getf(w, "up_blocks.%d.upsamplers.0.conv.weight", i)) {
-      L->sample_w = req(&b, 4, "up_blocks.%d.upsamplers.0.conv.weight", i);
-      L->sample_b = req(&b, 1, "up_blocks.%d.upsamplers.0.conv.bias", i);
+      L->sample_w = sd_bind(&b, 4, "up_blocks.%d.upsamplers.0.conv.weight", i);
+      L->sample_b = sd_bind(&b, 1, "up_blocks.%d.upsamplers.0.conv.bias", i);
     }
   }
   if (b.rc) goto fail;
@@ -331,10 +292,10 @@ int sd_unet_load(sd_unet **out, const sd_weights *w, const cJSON *config,
     goto fail;
   }
   if (sd_weights_get(w, "add_embedding.linear_1.weight")) {
-    m->add1_w = req(&b, 2, "add_embedding.linear_1.weight");
-    m->add1_b = req(&b, 1, "add_embedding.linear_1.bias");
-    m->add2_w = req(&b, 2, "add_embedding.linear_2.weight");
-    m->add2_b = req(&b, 1, "add_embedding.linear_2.bias");
+    m->add1_w = sd_bind(&b, 2, "add_embedding.linear_1.weight");
+    m->add1_b = sd_bind(&b, 1, "add_embedding.linear_1.bias");
+    m->add2_w = sd_bind(&b, 2, "add_embedding.linear_2.weight");
+    m->add2_b = sd_bind(&b, 1, "add_embedding.linear_2.bias");
     if (b.rc) goto fail;
     c->add_in_dim = (int)m->add1_w->shape[1];
     if (!c->addition_time_embed_dim) c->addition_time_embed_dim = 256;

@@ -7,6 +7,7 @@
 
 #include "base/alloc.h"
 #include "io/json.h"
+#include "models/bind.h"
 #include "tensor/ops.h"
 
 /* VAE resnets and attention use GroupNorm eps 1e-6 (diffusers Encoder/Decoder). */
@@ -43,76 +44,42 @@ struct sd_vae {
   const sd_tensor *qw, *qb, *pqw, *pqb;
 };
 
-typedef struct binder {
-  const sd_weights *w;
-  sd_error *err;
-  int rc;
-} binder;
 
-static const sd_tensor *req(binder *b, int ndim, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static const sd_tensor *req(binder *b, int ndim, const char *fmt, ...) {
-  char name[256];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(name, sizeof name, fmt, ap);
-  va_end(ap);
-  if (b->rc) return NULL;
-  const sd_tensor *t = sd_weights_get(b->w, name);
-  if (!t) {
-    b->rc = sd_fail(b->err, SD_ERR_FORMAT, "VAE: missing tensor '%s'", name);
-    return NULL;
-  }
-  if ((ndim && t->ndim != ndim) ||
-      (t->dtype != SD_F32 && t->dtype != SD_F16 && t->dtype != SD_BF16)) {
-    b->rc = sd_fail(b->err, SD_ERR_FORMAT, "VAE: tensor '%s' has an unexpected shape or dtype",
-                    name);
-    return NULL;
-  }
-  return t;
-}
-
-static void bind_res(binder *b, vres *r, const char *p) {
-  r->n1w = req(b, 1, "%s.norm1.weight", p);
-  r->n1b = req(b, 1, "%s.norm1.bias", p);
-  r->c1w = req(b, 4, "%s.conv1.weight", p);
-  r->c1b = req(b, 1, "%s.conv1.bias", p);
-  r->n2w = req(b, 1, "%s.norm2.weight", p);
-  r->n2b = req(b, 1, "%s.norm2.bias", p);
-  r->c2w = req(b, 4, "%s.conv2.weight", p);
-  r->c2b = req(b, 1, "%s.conv2.bias", p);
+static void bind_res(sd_binder *b, vres *r, const char *p) {
+  r->n1w = sd_bind(b, 1, "%s.norm1.weight", p);
+  r->n1b = sd_bind(b, 1, "%s.norm1.bias", p);
+  r->c1w = sd_bind(b, 4, "%s.conv1.weight", p);
+  r->c1b = sd_bind(b, 1, "%s.conv1.bias", p);
+  r->n2w = sd_bind(b, 1, "%s.norm2.weight", p);
+  r->n2b = sd_bind(b, 1, "%s.norm2.bias", p);
+  r->c2w = sd_bind(b, 4, "%s.conv2.weight", p);
+  r->c2b = sd_bind(b, 1, "%s.conv2.bias", p);
   if (b->rc) return;
   r->in_ch = (int)r->c1w->shape[1];
   r->out_ch = (int)r->c1w->shape[0];
   if (sd_weights_getf(b->w, "%s.conv_shortcut.weight", p)) {
-    r->skw = req(b, 4, "%s.conv_shortcut.weight", p);
-    r->skb = req(b, 1, "%s.conv_shortcut.bias", p);
+    r->skw = sd_bind(b, 4, "%s.conv_shortcut.weight", p);
+    r->skb = sd_bind(b, 1, "%s.conv_shortcut.bias", p);
   } else if (r->in_ch != r->out_ch) {
     b->rc = sd_fail(b->err, SD_ERR_FORMAT, "VAE: '%s' has no conv_shortcut", p);
   }
 }
 
-static sd_tensor view2d(const sd_tensor *t) {
-  sd_tensor v = *t;
-  v.ndim = 2;
-  v.shape[1] = sd_tensor_numel(t) / t->shape[0];
-  return v;
-}
 
-static void bind_attn(binder *b, vattn *a, const char *p) {
-  a->nw = req(b, 1, "%s.group_norm.weight", p);
-  a->nb = req(b, 1, "%s.group_norm.bias", p);
-  const sd_tensor *q = req(b, 0, "%s.to_q.weight", p), *k = req(b, 0, "%s.to_k.weight", p),
-                  *v = req(b, 0, "%s.to_v.weight", p), *o = req(b, 0, "%s.to_out.0.weight", p);
-  a->q_b = req(b, 1, "%s.to_q.bias", p);
-  a->k_b = req(b, 1, "%s.to_k.bias", p);
-  a->v_b = req(b, 1, "%s.to_v.bias", p);
-  a->o_b = req(b, 1, "%s.to_out.0.bias", p);
+static void bind_attn(sd_binder *b, vattn *a, const char *p) {
+  a->nw = sd_bind(b, 1, "%s.group_norm.weight", p);
+  a->nb = sd_bind(b, 1, "%s.group_norm.bias", p);
+  const sd_tensor *q = sd_bind(b, 0, "%s.to_q.weight", p), *k = sd_bind(b, 0, "%s.to_k.weight", p),
+                  *v = sd_bind(b, 0, "%s.to_v.weight", p), *o = sd_bind(b, 0, "%s.to_out.0.weight", p);
+  a->q_b = sd_bind(b, 1, "%s.to_q.bias", p);
+  a->k_b = sd_bind(b, 1, "%s.to_k.bias", p);
+  a->v_b = sd_bind(b, 1, "%s.to_v.bias", p);
+  a->o_b = sd_bind(b, 1, "%s.to_out.0.bias", p);
   if (b->rc) return;
-  a->q = view2d(q);
-  a->k = view2d(k);
-  a->v = view2d(v);
-  a->o = view2d(o);
+  a->q = sd_view2d(q);
+  a->k = sd_view2d(k);
+  a->v = sd_view2d(v);
+  a->o = sd_view2d(o);
   a->ch = (int)a->q.shape[0];
 }
 
@@ -127,14 +94,14 @@ static int count_prefix(const sd_weights *w, const char *fmt, int max) {
   return n;
 }
 
-static void bind_half(binder *b, half *h, const char *side, int levels, int nres,
+static void bind_half(sd_binder *b, half *h, const char *side, int levels, int nres,
                       const char *blocks, const char *sampler) {
-  h->conv_in_w = req(b, 4, "%s.conv_in.weight", side);
-  h->conv_in_b = req(b, 1, "%s.conv_in.bias", side);
-  h->norm_out_w = req(b, 1, "%s.conv_norm_out.weight", side);
-  h->norm_out_b = req(b, 1, "%s.conv_norm_out.bias", side);
-  h->conv_out_w = req(b, 4, "%s.conv_out.weight", side);
-  h->conv_out_b = req(b, 1, "%s.conv_out.bias", side);
+  h->conv_in_w = sd_bind(b, 4, "%s.conv_in.weight", side);
+  h->conv_in_b = sd_bind(b, 1, "%s.conv_in.bias", side);
+  h->norm_out_w = sd_bind(b, 1, "%s.conv_norm_out.weight", side);
+  h->norm_out_b = sd_bind(b, 1, "%s.conv_norm_out.bias", side);
+  h->conv_out_w = sd_bind(b, 4, "%s.conv_out.weight", side);
+  h->conv_out_b = sd_bind(b, 1, "%s.conv_out.bias", side);
   for (int i = 0; i < levels && !b->rc; i++) {
     vlevel *L = &h->lv[i];
     L->nres = nres;
@@ -144,8 +111,8 @@ static void bind_half(binder *b, half *h, const char *side, int levels, int nres
       bind_res(b, &L->res[j], p);
     }
     if (sd_weights_getf(b->w, "%s.%s.%d.%s.0.conv.weight", side, blocks, i, sampler)) {
-      L->sw = req(b, 4, "%s.%s.%d.%s.0.conv.weight", side, blocks, i, sampler);
-      L->sb = req(b, 1, "%s.%s.%d.%s.0.conv.bias", side, blocks, i, sampler);
+      L->sw = sd_bind(b, 4, "%s.%s.%d.%s.0.conv.weight", side, blocks, i, sampler);
+      L->sb = sd_bind(b, 1, "%s.%s.%d.%s.0.conv.bias", side, blocks, i, sampler);
     }
   }
   char p[128];
@@ -166,7 +133,7 @@ int sd_vae_load(sd_vae **out, const sd_weights *w, const cJSON *config, sd_error
   sd_vae *m = sd_calloc(1, sizeof *m);
   if (!m) return sd_fail(err, SD_ERR_OOM, "out of memory");
   sd_vae_config *c = &m->cfg;
-  binder b = {w, err, SD_OK};
+  sd_binder b = {w, err, SD_OK, "VAE"};
   c->norm_groups = sd_json_int(config, "norm_num_groups", 32);
   c->scaling_factor = (float)sd_json_num(config, "scaling_factor", 0.18215);
   c->shift_factor = (float)sd_json_num(config, "shift_factor", 0.0);
@@ -198,8 +165,8 @@ int sd_vae_load(sd_vae **out, const sd_weights *w, const cJSON *config, sd_error
         c->block_out[c->levels - 1 - i] = m->dec.lv[i].res[0].out_ch;
     }
     if (c->has_quant_conv) {
-      m->pqw = req(&b, 4, "post_quant_conv.weight");
-      m->pqb = req(&b, 1, "post_quant_conv.bias");
+      m->pqw = sd_bind(&b, 4, "post_quant_conv.weight");
+      m->pqb = sd_bind(&b, 1, "post_quant_conv.bias");
     }
   }
   if (c->has_encoder && !b.rc) {
@@ -218,8 +185,8 @@ int sd_vae_load(sd_vae **out, const sd_weights *w, const cJSON *config, sd_error
       for (int i = 0; i < levels; i++) c->block_out[i] = m->enc.lv[i].res[0].out_ch;
     }
     if (c->has_quant_conv) {
-      m->qw = req(&b, 4, "quant_conv.weight");
-      m->qb = req(&b, 1, "quant_conv.bias");
+      m->qw = sd_bind(&b, 4, "quant_conv.weight");
+      m->qb = sd_bind(&b, 1, "quant_conv.bias");
     }
   }
   if (!b.rc && config && sd_json_has(config, "latent_channels") &&

@@ -142,8 +142,8 @@ static void run_sd3_model(const char *fixtures, const char *model, const cJSON *
   size_t fl = strlen(folder);
   if (fl && folder[fl - 1] == '/') folder[fl - 1] = 0;
   const char *single = sd_json_str(root, "single_file", NULL);
-  char enc[4096];
-  snprintf(enc, sizeof enc, "%s/text_encoders", fixtures);
+  char enc[1024];
+  snprintf(enc, sizeof enc, "%.1000s/text_encoders", fixtures);
   cJSON_ArrayForEach(run, cJSON_GetObjectItemCaseSensitive(e2e, "runs")) {
     const char *tag = sd_json_str(run, "tag", "x");
     const char *lat = sd_json_str(run, "latents", "");
@@ -154,7 +154,7 @@ static void run_sd3_model(const char *fixtures, const char *model, const cJSON *
     const sd_tensor *gu8 = sd_weights_get(g, p);
     int layouts = single && sd_is_dir(enc) && strcmp(model, "sd35-large") == 0 ? 2 : 1;
     for (int layout = 0; layout < layouts; layout++) {
-      char cmd[16384], qp[4096], qn[4096] = "", model_arg[8192], out[512];
+      char cmd[32768], qp[4096], qn[4096] = "", model_arg[16384], out[512];
       snprintf(out, sizeof out, "cli_golden_out/%s_%s_%d", model, tag, layout);
       quote(qp, sizeof qp, sd_json_str(run, "prompt", ""));
       const cJSON *neg = cJSON_GetObjectItemCaseSensitive(run, "negative_prompt");
