@@ -82,7 +82,12 @@ void *sd_alloc(size_t size) {
 void *sd_calloc(size_t count, size_t size) {
   if (size && count > SIZE_MAX / size) return NULL;
   void *p = sd_alloc(count * size);
-  if (p) memset(p, 0, count * size);
+  if (!p) return NULL;
+  /* A plan-mode block is fresh anonymous memory, zero already; writing it
+   * would commit the pages that plan mode exists not to commit. */
+  block_header h;
+  memcpy(&h, (unsigned char *)p - HEADER, sizeof h);
+  if (!h.mapped) memset(p, 0, count * size);
   return p;
 }
 

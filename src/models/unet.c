@@ -301,6 +301,17 @@ int sd_unet_load(sd_unet **out, const sd_weights *w, const cJSON *config,
     if (!c->addition_time_embed_dim) c->addition_time_embed_dim = 256;
   }
   c->sample_size = sd_json_int(config, "sample_size", m->add1_w ? 128 : 64);
+  for (int i = 0; i < c->levels; i++)
+    if (c->norm_groups < 1 || c->block_out[i] % c->norm_groups) {
+      b.rc = sd_fail(err, SD_ERR_FORMAT, "UNet: norm_num_groups %d does not divide %d channels",
+                     c->norm_groups, c->block_out[i]);
+      goto fail;
+    }
+  if (c->sample_size < 1 || c->sample_size > 4096 || !(c->norm_eps > 0)) {
+    b.rc = sd_fail(err, SD_ERR_FORMAT, "UNet: sample_size %d or norm_eps %g out of range",
+                   c->sample_size, c->norm_eps);
+    goto fail;
+  }
   *out = m;
   return SD_OK;
 fail:
@@ -626,6 +637,7 @@ int sd_unet_forward(const sd_unet *m, const float *sample, int B, int H, int W,
       if ((rc = resnet_forward(&r, rs, cur, h, w, y))) goto done;
       if (!cur_is_skip) sd_free(cur);
       cur = y;
+      cur_is_skip = 0; /* not a skip until stored below: freed if attention fails */
       y = NULL;
       ch = rs->out_ch;
       if (L->attn[j] && (rc = transformer_forward(&r, L->attn[j], cur, h, w))) goto done;
@@ -737,7 +749,9 @@ oom:
   OOM(&r);
 done:
   if (rc && cur && !cur_is_skip) sd_free(cur);
-  for (int i = 0; i < nskip; i++) sd_free(skip[i]);
+  /* every slot, not just the first nskip: the up path pops a skip before
+   * it is consumed (NULLed), and a failure in between must still free it */
+  for (int i = 0; i < MAX_SKIPS; i++) sd_free(skip[i]);
   sd_free(temb);
   sd_free(x);
   sd_free(y);

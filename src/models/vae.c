@@ -189,6 +189,12 @@ int sd_vae_load(sd_vae **out, const sd_weights *w, const cJSON *config, sd_error
       m->qb = sd_bind(&b, 1, "quant_conv.bias");
     }
   }
+  for (int i = 0; !b.rc && i < c->levels; i++)
+    if (c->norm_groups < 1 || c->block_out[i] % c->norm_groups)
+      b.rc = sd_fail(err, SD_ERR_FORMAT, "VAE: norm_num_groups %d does not divide %d channels",
+                     c->norm_groups, c->block_out[i]);
+  if (!b.rc && !(c->scaling_factor > 0 && c->scaling_factor < 1e6))
+    b.rc = sd_fail(err, SD_ERR_FORMAT, "VAE: scaling_factor %g is not usable", c->scaling_factor);
   if (!b.rc && config && sd_json_has(config, "latent_channels") &&
       sd_json_int(config, "latent_channels", 0) != c->latent_channels)
     b.rc = sd_fail(err, SD_ERR_FORMAT, "VAE: config latent_channels %d, weights %d",

@@ -23,15 +23,17 @@ sd_vae_tiling sd_vae_tiling_default(const sd_vae *m) {
 /* ---- tile geometry (diffusers' integer arithmetic, in double as Python) ---- */
 
 typedef struct tile_grid {
-  int in_h, in_w;   /* input extent, input units */
-  int tile_in;      /* tile edge, input units */
-  int step_in;      /* distance between tile origins, input units */
-  int up, down;     /* output units per input unit = up / down (8/1 decode, 1/8 encode) */
-  int blend;        /* blend extent, output units */
-  int row_limit;    /* kept part of each tile, output units (= step_in * up / down) */
+  int in_h, in_w; /* input extent, input units */
+  int tile_in;    /* tile edge, input units */
+  int step_in;    /* distance between tile origins, input units */
+  int up, down;   /* output units per input unit = up / down (8/1 decode, 1/8 encode) */
+  int blend;      /* blend extent, output units */
+  int row_limit;  /* kept part of each tile, output units (= step_in * up / down) */
 } tile_grid;
 
-static int out_units(const tile_grid *g, int n) { return n * g->up / g->down; }
+static int out_units(const tile_grid *g, int n) {
+  return n * g->up / g->down;
+}
 
 /* diffusers tiled_decode: tiles of tile_latent_min_size latents stepping by
  * int(tile_latent * (1 - overlap)), blended over int(tile_sample * overlap)
@@ -39,8 +41,8 @@ static int out_units(const tile_grid *g, int n) { return n * g->up / g->down; }
 static tile_grid decode_grid(int f, const sd_vae_tiling *t, int h, int w) {
   int tile_latent = t->tile_sample_size / f;
   int blend = (int)(t->tile_sample_size * t->overlap);
-  tile_grid g = {h, w, tile_latent, (int)(tile_latent * (1.0 - t->overlap)), f, 1, blend,
-                 t->tile_sample_size - blend};
+  tile_grid g = {h, w, tile_latent, (int)(tile_latent * (1.0 - t->overlap)),
+                 f, 1, blend,       t->tile_sample_size - blend};
   return g;
 }
 
@@ -50,8 +52,8 @@ static tile_grid decode_grid(int f, const sd_vae_tiling *t, int h, int w) {
 static tile_grid encode_grid(int f, const sd_vae_tiling *t, int H, int W) {
   int tile_latent = t->tile_sample_size / f;
   int blend = (int)(tile_latent * t->overlap);
-  tile_grid g = {H, W, t->tile_sample_size, (int)(t->tile_sample_size * (1.0 - t->overlap)), 1, f,
-                 blend, tile_latent - blend};
+  tile_grid g = {H, W,     t->tile_sample_size, (int)(t->tile_sample_size * (1.0 - t->overlap)), 1,
+                 f, blend, tile_latent - blend};
   return g;
 }
 
@@ -149,8 +151,8 @@ static void blend_rows_from_above(tiled_buffers *bf, const float *above, int sto
 
 /* blend_h: the first e columns take in the last e columns of the tile to the
  * left (stored: its last `stored` columns), e = min(left_w, tw, blend). */
-static void blend_cols_from_left(tiled_buffers *bf, int stored, int left_w, int64_t planes,
-                                 int th, int tw, int blend) {
+static void blend_cols_from_left(tiled_buffers *bf, int stored, int left_w, int64_t planes, int th,
+                                 int tw, int blend) {
   int e = left_w < tw ? left_w : tw;
   if (blend < e) e = blend;
   if (e <= 0) return;
@@ -190,6 +192,7 @@ static int run_tiled(const tile_grid *g, int B, int C, tile_run_fn run, void *ct
       int tw_in = g->in_w - x0 < g->tile_in ? g->in_w - x0 : g->tile_in;
       int tw = out_units(g, tw_in);
       if ((rc = run(ctx, y0, x0, th_in, tw_in, bf.tile, err))) goto done;
+      if (sd_plan_active()) continue; /* sizes only: touch no data */
       float *slot = bf.strip ? bf.strip + s.strip_slot_floats * j : NULL;
       if (i > 0) blend_rows_from_above(&bf, slot, strip_rows, prev_th, planes, th, tw, g->blend);
       if (j > 0) blend_cols_from_left(&bf, col_cols, prev_tw, planes, th, tw, g->blend);
@@ -210,14 +213,13 @@ static int run_tiled(const tile_grid *g, int B, int C, tile_run_fn run, void *ct
       int64_t oy = (int64_t)i * g->row_limit, ox = (int64_t)j * g->row_limit;
       for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++) {
-          float *dst = c < out->split
-                           ? out->planes0 + ((int64_t)b * out->split + c) * out_plane
-                           : out->planes1 + ((int64_t)b * (C - out->split) + c - out->split) *
-                                                out_plane;
+          float *dst =
+              c < out->split
+                  ? out->planes0 + ((int64_t)b * out->split + c) * out_plane
+                  : out->planes1 + ((int64_t)b * (C - out->split) + c - out->split) * out_plane;
           const float *src = bf.tile + ((int64_t)b * C + c) * th * tw;
           for (int y = 0; y < crop_h; y++)
-            memcpy(dst + (oy + y) * s.out_w + ox, src + (int64_t)y * tw,
-                   sizeof(float) * crop_w);
+            memcpy(dst + (oy + y) * s.out_w + ox, src + (int64_t)y * tw, sizeof(float) * crop_w);
         }
       prev_tw = tw;
       col_cols = keep_cols;
@@ -236,8 +238,8 @@ done:
 
 /* Copies rows [y0, y0+th), columns [x0, x0+tw) of every plane of src
  * (planes, H, W) into dst (planes, th, tw). */
-static void crop_planes(float *dst, const float *src, int64_t planes, int H, int W, int y0,
-                        int x0, int th, int tw) {
+static void crop_planes(float *dst, const float *src, int64_t planes, int H, int W, int y0, int x0,
+                        int th, int tw) {
   for (int64_t p = 0; p < planes; p++)
     for (int y = 0; y < th; y++)
       memcpy(dst + (p * th + y) * tw, src + (p * H + y0 + y) * W + x0, sizeof(float) * tw);
@@ -254,7 +256,8 @@ typedef struct decode_ctx {
 
 static int decode_tile(void *vctx, int y0, int x0, int th, int tw, float *out, sd_error *err) {
   decode_ctx *c = vctx;
-  crop_planes(c->z_tile, c->z, (int64_t)c->B * c->L, c->h, c->w, y0, x0, th, tw);
+  if (!sd_plan_active())
+    crop_planes(c->z_tile, c->z, (int64_t)c->B * c->L, c->h, c->w, y0, x0, th, tw);
   return sd_vae_decode(c->m, c->z_tile, c->B, th, tw, out, err);
 }
 
@@ -287,17 +290,18 @@ typedef struct encode_ctx {
   const sd_vae *m;
   const float *image; /* (B, in_ch, H, W) */
   int B, C, H, W, L, f;
-  float *image_tile;              /* (B, in_ch, tile, tile) */
-  float *mean, *std, *logvar;     /* (B, L, tile/f, tile/f) */
+  float *image_tile;          /* (B, in_ch, tile, tile) */
+  float *mean, *std, *logvar; /* (B, L, tile/f, tile/f) */
 } encode_ctx;
 
 /* The tile's moments as diffusers blends them: (B, 2L, th/f, tw/f), mean
  * channels then logvar channels. */
 static int encode_tile(void *vctx, int y0, int x0, int th, int tw, float *out, sd_error *err) {
   encode_ctx *c = vctx;
-  crop_planes(c->image_tile, c->image, (int64_t)c->B * c->C, c->H, c->W, y0, x0, th, tw);
+  if (!sd_plan_active())
+    crop_planes(c->image_tile, c->image, (int64_t)c->B * c->C, c->H, c->W, y0, x0, th, tw);
   int rc = sd_vae_encode(c->m, c->image_tile, c->B, th, tw, c->mean, c->std, c->logvar, err);
-  if (rc) return rc;
+  if (rc || sd_plan_active()) return rc;
   int64_t n = (int64_t)c->L * (th / c->f) * (tw / c->f);
   for (int b = 0; b < c->B; b++) {
     memcpy(out + 2 * b * n, c->mean + b * n, sizeof(float) * n);
@@ -334,7 +338,7 @@ int sd_vae_encode_tiled(const sd_vae *m, const float *image, int B, int H, int W
   }
   /* The blended logvar goes to std's buffer first, then becomes std there. */
   tiled_output out = {mean, std, L};
-  if ((rc = run_tiled(&g, B, 2 * L, encode_tile, &c, &out, err))) goto done;
+  if ((rc = run_tiled(&g, B, 2 * L, encode_tile, &c, &out, err)) || sd_plan_active()) goto done;
   int64_t n = (int64_t)B * L * (H / f) * (W / f);
   if (logvar) memcpy(logvar, std, sizeof(float) * n);
   for (int64_t i = 0; i < n; i++) std[i] = expf(0.5f * std[i]);
@@ -365,7 +369,9 @@ static void take(mem_replay *r, int64_t floats) {
   r->now += floats;
   if (r->now > r->peak) r->peak = r->now;
 }
-static void give(mem_replay *r, int64_t floats) { r->now -= floats; }
+static void give(mem_replay *r, int64_t floats) {
+  r->now -= floats;
+}
 static void transient(mem_replay *r, int64_t floats) {
   take(r, floats);
   give(r, floats);
@@ -411,8 +417,8 @@ static void replay_linear(mem_replay *r, int64_t K, int64_t N) {
 
 static void replay_res(mem_replay *r, int64_t B, int64_t in, int64_t out, int64_t H, int64_t W) {
   int64_t hw = H * W;
-  take(r, B * out * hw);                   /* result */
-  take(r, B * in * hw + B * out * hw);     /* the two work buffers */
+  take(r, B * out * hw);               /* result */
+  take(r, B * in * hw + B * out * hw); /* the two work buffers */
   replay_conv(r, B, in, H, W, out, 3);
   replay_conv(r, B, out, H, W, out, 3);
   if (in != out) replay_conv(r, B, in, H, W, out, 1);

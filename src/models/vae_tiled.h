@@ -18,6 +18,8 @@
  * that of one tile decode plus those buffers (a strip of out_ch * blend rows
  * across the width: a few MiB for SDXL at 4096 px), whatever the image size.
  * The output buffer is the caller's.
+ * In plan mode (base/alloc.h) both passes only allocate: no tile is copied or
+ * blended, so planning a tiled decode touches no image memory.
  *
  * Tiling is not exact by design: each tile sees less context, and every
  * GroupNorm takes its statistics over the tile instead of the image.

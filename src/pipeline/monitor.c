@@ -39,6 +39,9 @@ void sd_monitor_stage(sd_monitor *m, const char *label) {
   snprintf(r.label, sizeof r.label, "%s", label);
   r.seconds = sd_monitor_elapsed(m);
   sd_mem_probe(&r.mem);
+  /* Each record's peak covers the interval since the previous record, so a
+   * stage's measured peak can be set against its predicted one. */
+  sd_mem_reset_peak();
   if (m->nrec < SD_MONITOR_MAX_RECORDS) m->rec[m->nrec++] = r;
   if (m->cb) {
     char line[256];

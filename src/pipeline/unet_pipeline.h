@@ -48,7 +48,6 @@ typedef struct sd_unet_model {
   int force_zeros_for_empty_prompt; /* SDXL base */
   int requires_aesthetics_score;    /* SDXL refiner */
   sd_weights *w_te1, *w_te2, *w_unet, *w_vae;
-  int sd2_penultimate;              /* SD 2.x single files: clip skip 1 */
   char path[4096];
 } sd_unet_model;
 

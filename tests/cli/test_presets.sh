@@ -108,5 +108,22 @@ PY
 "$GEN" "x" --model "$T/sd35cut" --steps 1 --output "$T/bad_cut" -q >/dev/null 2>"$T/bad.err"
 [ $? -ne 0 ] && grep -q "transformer_blocks.1" "$T/bad.err" && ok || bad "cut transformer: $(cat "$T/bad.err")"
 
+# a single file without --tokenizers: the CLIP tokenizer comes from the
+# cache of the repository that publishes it (openai/clip-vit-large-patch14)
+mkdir -p "$T/cfg"
+for c in unet vae text_encoder scheduler; do mkdir -p "$T/cfg/$c"; cp "$FIX/sd15/$c/"*.json "$T/cfg/$c/"; done
+cp "$FIX/sd15/model_index.json" "$T/cfg/"
+"$GEN" x --model "$FIX/sd15.safetensors" --config "$T/cfg" --steps 1 --output "$T/tok_missing" -q \
+  >/dev/null 2>"$T/tok_missing.err" && bad "single file without any tokenizer ran" \
+  || { grep -q "no CLIP tokenizer found" "$T/tok_missing.err" && ok || bad "tokenizer error: $(cat "$T/tok_missing.err")"; }
+r="$HF_HUB_CACHE/models--openai--clip-vit-large-patch14"
+d="$r/snapshots/$REV"
+mkdir -p "$d" "$r/refs" && printf '%s' "$REV" > "$r/refs/main"
+ln -s "$FIX/tokenizers/clip/vocab.json" "$d/vocab.json"
+ln -s "$FIX/tokenizers/clip/merges.txt" "$d/merges.txt"
+ln -s "$FIX/tokenizers/clip/tokenizer_config_sd15.json" "$d/tokenizer_config.json"
+ln -s "$FIX/tokenizers/clip/special_tokens_map_sd15.json" "$d/special_tokens_map.json"
+run tok_cache x --model "$FIX/sd15.safetensors" --config "$T/cfg" --steps 1 && ok
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

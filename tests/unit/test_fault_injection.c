@@ -14,12 +14,12 @@
  * denoised latents so that --decode can finish the image); it must then be
  * a complete latents file.
  *
- * Every N up to DENSE_LIMIT is tested, then a stride chosen from the
- * measured time of one run so the test stays within its time budget (larger
- * under AddressSanitizer). A sticky variant (every allocation from N on
- * fails) is sampled at about 50 points and must never crash or leak.
+ * Every N up to 400 is tested, then a stride chosen from the measured
+ * time of one run so the test stays within its time budget (larger under
+ * AddressSanitizer). A sticky variant (every allocation from N on fails) is
+ * sampled at up to 50 points and must never crash or leak either.
  *
- * usage: test_fault_injection [FIXTURES_DIR]   (exit 77 when absent) */
+ * usage: test_fault_injection [FIXTURES_DIR [BUDGET_S]]  (77: no fixtures) */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <stdint.h>
@@ -52,17 +52,21 @@
 #define UNDER_ASAN 0
 #endif
 
-/* Dense range, then a time budget for the strided remainder (seconds). The
- * CI runs this under ASan too, where one run is ~10x slower. */
+/* Every N up to DENSE_LIMIT, then a stride; sticky faults at up to
+ * STICKY_POINTS points. All of it sized to a time budget (seconds; argv[2]
+ * overrides) from the measured time of one run: the dense range is cut
+ * short, loudly, only where one run is too slow for it (AddressSanitizer,
+ * a loaded machine). */
 #define DENSE_LIMIT 400
 #define STICKY_POINTS 50
 #if UNDER_ASAN
-#define TIME_BUDGET_S 120.0
+#define DEFAULT_BUDGET_S 150.0
 #else
-#define TIME_BUDGET_S 40.0
+#define DEFAULT_BUDGET_S 50.0
 #endif
 
 static char out_dir[4096];
+static int g_latents_kept; /* failed runs that kept their latents for --decode */
 
 /* What the library told the caller during one run. */
 typedef struct run_events {
@@ -79,6 +83,12 @@ static void on_event(int kind, const char *text, void *user) {
 static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double cpu_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -226,7 +236,8 @@ static run_outcome run_once(sdgen_ctx *ctx, sdgen_params *p, int64_t n, int stic
     CHECK_MSG(c.png == 0 && c.json == 0, "N=%lld (%s): error (%s) left png=%d json=%d",
               (long long)n, mode, msg, c.png, c.json);
     if (c.latents) {
-      char path[4400];
+      g_latents_kept++;
+      char path[4700];
       snprintf(path, sizeof path, "%s/%s", out_dir, c.latents_name);
       CHECK_MSG(c.latents == 1 && strcmp(ev.latents_kept, path) == 0,
                 "N=%lld (%s): error (%s) left %s unannounced", (long long)n, mode, msg,
@@ -275,34 +286,56 @@ int main(int argc, char **argv) {
   p.output_dir = out_dir;
   p.on_event = on_event;
 
-  /* Reference run: no fault. Also warms whatever is set up once per
-   * process, so later runs start from the same tracked baseline. */
-  double t0 = now_s();
+  double budget = argc > 2 ? atof(argv[2]) : DEFAULT_BUDGET_S;
+  if (!(budget > 0)) budget = DEFAULT_BUDGET_S;
+
+  /* Reference run: no fault. It also warms what is set up once per
+   * process, so later runs start from the same tracked baseline; a second
+   * one gives the warm time of a run. */
   run_outcome ref = run_once(ctx, &p, 0, 0);
-  double t_run = now_s() - t0;
   CHECK_MSG(ref.rc == 0, "reference run failed: %s", sdgen_last_error(ctx));
-  if (ref.rc != 0) {
+  double t0 = now_s(), c0 = cpu_s();
+  run_outcome warm = run_once(ctx, &p, 0, 0);
+  double t_run = now_s() - t0, c_run = cpu_s() - c0;
+  CHECK_MSG(warm.rc == 0 && warm.calls == ref.calls,
+            "second reference run: status %d, %lld allocation calls (first: %lld)", warm.rc,
+            (long long)warm.calls, (long long)ref.calls);
+  if (ref.rc != 0 || warm.rc != 0) {
     rmdir(out_dir);
     sdgen_ctx_free(ctx);
     return test_finish();
   }
   int64_t total = ref.calls;
-  /* Runs after a fault cost about one run plus a retry; keep margin. */
-  double per_run = t_run * 1.5;
+  /* A run whose fault is recovered costs a run and part of another. */
+  double per_run = t_run * 1.3;
+  int64_t fit = (int64_t)(budget / per_run);
+  int64_t sticky_points = fit / 8 < STICKY_POINTS ? fit / 8 : STICKY_POINTS;
+  if (sticky_points < 10) sticky_points = 10;
   int64_t dense = total < DENSE_LIMIT ? total : DENSE_LIMIT;
-  double left = TIME_BUDGET_S - per_run * (double)(dense + STICKY_POINTS);
-  int64_t strided_runs = left > per_run ? (int64_t)(left / per_run) : 1;
+  if (dense > fit * 6 / 10) dense = fit * 6 / 10 > 20 ? fit * 6 / 10 : 20;
+  int64_t strided_runs = fit - dense - sticky_points;
+  if (strided_runs < 10) strided_runs = 10;
   int64_t stride = total > dense ? (total - dense + strided_runs - 1) / strided_runs : 1;
   if (stride < 1) stride = 1;
-  printf("reference run: %lld allocation calls, %.3f s; dense up to %lld, then stride %lld%s\n",
-         (long long)total, t_run, (long long)dense, (long long)stride,
-         UNDER_ASAN ? " (AddressSanitizer)" : "");
+  printf("one run: %lld allocation calls, %.3f s (%.3f s CPU)%s; budget %.0f s\n",
+         (long long)total, t_run, c_run, UNDER_ASAN ? " under AddressSanitizer" : "", budget);
+  printf("single faults: every N up to %lld, then stride %lld; sticky faults at %lld points\n",
+         (long long)dense, (long long)stride, (long long)sticky_points);
+  if (dense < DENSE_LIMIT && dense < total)
+    printf("NOTE: dense range cut from %d to %lld to fit the budget (pass a larger budget as "
+           "the second argument for all of it)\n",
+           DENSE_LIMIT, (long long)dense);
+  fflush(stdout);
 
   int runs = 0, successes = 0, errors = 0, reported = 0;
   double t_loop = now_s();
-  for (int64_t n = 1;; n += n < DENSE_LIMIT ? 1 : stride) {
+  for (int64_t n = 1;; n += n < dense ? 1 : stride) {
     run_outcome o = run_once(ctx, &p, n, 0);
     runs++;
+    if (runs % 100 == 0) {
+      printf("  %d runs, N=%lld, %.1f s\n", runs, (long long)n, now_s() - t_loop);
+      fflush(stdout);
+    }
     if (o.rc == 0)
       successes++;
     else
@@ -319,14 +352,15 @@ int main(int argc, char **argv) {
   /* Sticky: every allocation from N on fails, so recovery cannot help. */
   int sticky_runs = 0, sticky_ok = 0;
   t_loop = now_s();
-  for (int i = 0; i < STICKY_POINTS; i++) {
-    int64_t n = 1 + (int64_t)i * (total - 1) / (STICKY_POINTS - 1);
+  for (int64_t i = 0; i < sticky_points; i++) {
+    int64_t n = 1 + i * (total - 1) / (sticky_points - 1);
     run_outcome o = run_once(ctx, &p, n, 1);
     sticky_runs++;
     sticky_ok += o.ok;
   }
   printf("sticky faults: %d runs, %d clean, in %.1f s\n", sticky_runs, sticky_ok,
          now_s() - t_loop);
+  printf("failed runs that kept a complete, announced latents file: %d\n", g_latents_kept);
 
   /* After all that, a normal run still works and leaks nothing. */
   run_outcome after = run_once(ctx, &p, 0, 0);
