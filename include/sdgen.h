@@ -76,7 +76,7 @@ typedef struct sdgen_params {
   /* memory plan: the planner picks the fastest strategy that fits
    * max_memory; min_plan forces at least this strategy (0 resident,
    * 1 release text encoders, 2 VAE slicing, 3 VAE tiling, 4 weight
-   * streaming; -1: no minimum) */
+   * streaming, 5 one image of the batch at a time; -1: no minimum) */
   int min_plan;
   int offline;                 /* never download; use the Hugging Face cache only */
   /* callbacks */

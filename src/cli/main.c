@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/memprobe.h"
 #include "cli/commands.h"
@@ -22,8 +23,13 @@
 
 static sdgen_ctx *g_ctx; /* only for the signal handler */
 
+static volatile sig_atomic_t g_signals;
+
+/* First Ctrl-C: cancel cleanly (the run stops at the next step or stage
+ * boundary, removes its temporary files, exits 130). Second: leave now. */
 static void on_signal(int sig) {
   (void)sig;
+  if (g_signals++ && g_ctx) _exit(130);
   if (g_ctx) sdgen_cancel(g_ctx);
 }
 
@@ -69,7 +75,8 @@ static void usage(FILE *f) {
           "  --max-memory SIZE       memory budget, e.g. 4G or 600M\n"
           "  --dry-run               print the memory plan and exit\n"
           "  --plan NAME             at least this memory strategy: resident, release,\n"
-          "                          slicing, tiling, streaming (default: fastest that fits)\n"
+          "                          slicing, tiling, streaming, sequential (default: the\n"
+          "                          fastest that fits)\n"
           "  --quiet | --verbose     fewer / more messages\n"
           "  --version, --help\n",
           preset_names(), style_names());
@@ -274,12 +281,13 @@ int main(int argc, char **argv) {
     } else if (IS("--plan")) {
       NEED_VALUE;
       static const char *const plans[] = {"resident", "release", "slicing", "tiling",
-                                          "streaming"};
+                                          "streaming", "sequential"};
       p.min_plan = -2;
-      for (int k = 0; k < 5; k++)
+      for (int k = 0; k < 6; k++)
         if (strcmp(val, plans[k]) == 0) p.min_plan = k;
       if (p.min_plan == -2) {
-        fprintf(stderr, "error: --plan expects resident, release, slicing, tiling or streaming\n");
+        fprintf(stderr, "error: --plan expects resident, release, slicing, tiling, streaming "
+                        "or sequential\n");
         return 2;
       }
     } else if (IS("--max-memory")) {

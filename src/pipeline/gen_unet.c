@@ -171,9 +171,10 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
                           KERNEL_SCRATCH,
                       cond + image + lat);
   int64_t unet_w = level >= SD_PLAN_STREAMING ? 2 * sd_unet_largest_block_bytes(m->unet) : unet;
-  int64_t act = plan_unet_forward(m, B, h, w, ctx_len, ctx_dim, pooled, n_ids);
+  int Bd = level >= SD_PLAN_SEQUENTIAL ? B / n : B; /* images denoised at once, x2 for CFG */
+  int64_t act = plan_unet_forward(m, Bd, h, w, ctx_len, ctx_dim, pooled, n_ids);
   sd_plan_add_stage(p, "denoise", held + unet_w, act + KERNEL_SCRATCH,
-                    cond + lat + 2 * (lat / n) * B);
+                    cond + lat + 2 * (lat / n) * Bd);
   int mode = level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
              : level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
                                             : SD_DECODE_BATCH;
@@ -218,7 +219,46 @@ static int plan_run(gen_run *r, sd_unet_model *m, int n, int h, int w, int guida
     sd_monitor_optimization(&r->mon, "Enabled weight streaming (one UNet block resident)");
     sd_unet_set_weight_streaming(m->unet, 1);
   }
+  if (pl->level >= SD_PLAN_SEQUENTIAL && n > 1)
+    sd_monitor_optimization(&r->mon, "Denoising the %d images one at a time", n);
   return SD_OK;
+}
+
+/* The batch one image at a time: image i gets rows [negative i, positive i]
+ * of the conditioning and a fresh copy of the schedule. */
+static int denoise_sequential(gen_run *r, const sd_unet_model *m, sd_scheduler *sched,
+                              const sd_conditioning *cond, const sd_denoise_options *o,
+                              float *lat, int n, int h, int w, sd_rng *rng) {
+  int halves = cond->batch / n, C = sd_unet_get_config(m->unet)->in_channels;
+  int64_t per = (int64_t)C * h * w, ctx = (int64_t)cond->ctx_len * cond->ctx_dim;
+  sd_conditioning one = *cond;
+  one.batch = halves;
+  one.context = sd_alloc(sizeof(float) * halves * ctx);
+  one.pooled = cond->pooled ? sd_alloc(sizeof(float) * halves * cond->pooled_dim) : NULL;
+  one.time_ids = cond->time_ids ? sd_alloc(sizeof(float) * halves * cond->n_time_ids) : NULL;
+  int rc = SD_OK;
+  if (!one.context || (cond->pooled && !one.pooled) || (cond->time_ids && !one.time_ids))
+    rc = sd_fail(r->err, SD_ERR_OOM, "out of memory");
+  for (int i = 0; i < n && !rc; i++) {
+    for (int k = 0; k < halves; k++) {
+      int row = k * n + i;
+      memcpy(one.context + k * ctx, cond->context + row * ctx, sizeof(float) * ctx);
+      if (one.pooled)
+        memcpy(one.pooled + (int64_t)k * cond->pooled_dim,
+               cond->pooled + (int64_t)row * cond->pooled_dim, sizeof(float) * cond->pooled_dim);
+      if (one.time_ids)
+        memcpy(one.time_ids + (int64_t)k * cond->n_time_ids,
+               cond->time_ids + (int64_t)row * cond->n_time_ids, sizeof(float) * cond->n_time_ids);
+    }
+    /* the scheduler keeps per-run state: restart its schedule per image */
+    if (i > 0 && (rc = sd_scheduler_set_timesteps(sched, r->steps, r->err))) break;
+    if (o->begin_index) sd_scheduler_set_begin_index(sched, o->begin_index);
+    rc = sd_denoise(m, sched, &one, o, lat + per * i, 1, h, w, rng, r->err);
+  }
+  sd_free(one.context);
+  sd_free(one.pooled);
+  sd_free(one.time_ids);
+  return rc;
 }
 
 int gen_base_unet(gen_run *r) {
@@ -309,7 +349,11 @@ int gen_base_unet(gen_run *r) {
   if (p->refiner_switch > 0) /* the refiner takes over the low-noise end */
     dopt.end_index = sd_denoising_split_index(
         sched, p->refiner_switch, sd_json_int(m->scheduler_config, "num_train_timesteps", 1000));
-  if ((rc = sd_denoise(m, sched, &cond, &dopt, lat, n, h, w, rng, r->err))) goto done;
+  if (r->have_plan && r->plan.level >= SD_PLAN_SEQUENTIAL && n > 1)
+    rc = denoise_sequential(r, m, sched, &cond, &dopt, lat, n, h, w, rng);
+  else
+    rc = sd_denoise(m, sched, &cond, &dopt, lat, n, h, w, rng, r->err);
+  if (rc) goto done;
   r->t_denoise += sd_now() - r->stage_start;
   sd_conditioning_free(&cond);
   sd_monitor_stage(&r->mon, "After generation");

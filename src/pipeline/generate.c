@@ -328,10 +328,20 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *p, sdgen_result *res) {
   }
   if (rc) goto fail;
   if (r.dry_run_done) goto done;
+  /* Between stages a pending Ctrl-C ends the run before anything is saved. */
+#define STOP_IF_CANCELLED()                                         \
+  if (ctx->cancel) {                                                \
+    rc = sd_fail_replace(err, SD_ERR_CANCELLED, "cancelled");       \
+    goto fail;                                                      \
+  }
+  STOP_IF_CANCELLED();
   sd_monitor_cleanup(&r.mon, "Unloading the base model...");
   if (p->refiner && (rc = gen_refine(&r))) goto fail;
+  STOP_IF_CANCELLED();
   if ((rc = quantize(&r))) goto fail;
   if (p->upscale >= 2 && (rc = gen_upscale(&r))) goto fail;
+  STOP_IF_CANCELLED();
+#undef STOP_IF_CANCELLED
   if ((rc = gen_save(&r, res))) goto fail;
   if (!p->keep_latents && r.latents_path[0]) unlink(r.latents_path);
   goto done;

@@ -7,7 +7,8 @@
 #include "base/memprobe.h"
 
 static const char *const k_level_names[SD_PLAN_LEVELS] = {
-    "resident", "release text encoders", "VAE slicing", "VAE tiling", "weight streaming"};
+    "resident", "release text encoders", "VAE slicing", "VAE tiling", "weight streaming",
+    "sequential batch"};
 
 const char *sd_plan_level_name(int level) {
   return level >= 0 && level < SD_PLAN_LEVELS ? k_level_names[level] : "?";

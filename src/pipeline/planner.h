@@ -14,6 +14,9 @@
  *   3 VAE tiling      decode in blended tiles (bounded activations)
  *   4 streaming       UNet weights dropped after each block (page cache
  *                     keeps them; a step re-faults them)
+ *   5 sequential      a batch of n images denoised one image at a time
+ *                     (same images for deterministic samplers; ancestral
+ *                     ones then draw their step noise per image)
  * Attention is always computed flash-style in key chunks (the full score
  * matrix never exists), so "attention slicing" is on at every level. */
 #ifndef SDGEN_PIPELINE_PLANNER_H
@@ -25,7 +28,7 @@
 #include "base/status.h"
 
 enum { SD_PLAN_RESIDENT = 0, SD_PLAN_RELEASE_TE, SD_PLAN_VAE_SLICING, SD_PLAN_VAE_TILING,
-       SD_PLAN_STREAMING, SD_PLAN_LEVELS };
+       SD_PLAN_STREAMING, SD_PLAN_SEQUENTIAL, SD_PLAN_LEVELS };
 
 #define SD_PLAN_MAX_STAGES 8
 
