@@ -396,7 +396,16 @@ int sd_decode_latents(const sd_vae *vae, const float *latents, int n, int h, int
   int64_t per = (int64_t)c->latent_channels * h * w;
   int64_t img_per = (int64_t)c->out_channels * h * f * w * f;
   int chunk = mode == SD_DECODE_BATCH ? n : 1;
+  /* diffusers' tile is the VAE's sample size (512 or 1024 px), which does
+   * not tile an image that small: the frugal plan then halves the tile. */
   sd_vae_tiling tiling = sd_vae_tiling_default(vae);
+  int side = (h < w ? h : w) * f;
+  if (side <= tiling.tile_sample_size) {
+    sd_vae_tiling half = tiling;
+    half.tile_sample_size = side / 2 / 32 * 32;
+    if (half.tile_sample_size >= 64 && sd_vae_tiling_check(vae, &half, NULL) == SD_OK)
+      tiling = half;
+  }
   float *z = sd_alloc(sizeof(float) * per * chunk);
   if (!z) return sd_fail(err, SD_ERR_OOM, "out of memory decoding");
   int rc = SD_OK;

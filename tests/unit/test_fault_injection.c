@@ -14,10 +14,11 @@
  * denoised latents so that --decode can finish the image); it must then be
  * a complete latents file.
  *
- * Every N up to 400 is tested, then a stride chosen from the measured
- * time of one run so the test stays within its time budget (larger under
- * AddressSanitizer). A sticky variant (every allocation from N on fails) is
- * sampled at up to 50 points and must never crash or leak either.
+ * Every N up to 400 and each of the last 40 (the save stage) are tested,
+ * with a stride between chosen from the measured time of one run so the
+ * test stays within its time budget (larger under AddressSanitizer). A
+ * sticky variant (every allocation from N on fails) is sampled at up to 50
+ * points and must never crash or leak either.
  *
  * usage: test_fault_injection [FIXTURES_DIR [BUDGET_S]]  (77: no fixtures) */
 #define _GNU_SOURCE
@@ -254,6 +255,15 @@ static run_outcome run_once(sdgen_ctx *ctx, sdgen_params *p, int64_t n, int stic
   return o;
 }
 
+/* Dense at the start (loading) and at the end (save stage, which is not
+ * retried), strided between. */
+#define TAIL_RUNS 40
+static int64_t next_n(int64_t n, int64_t dense, int64_t stride, int64_t total) {
+  int64_t tail = total - TAIL_RUNS;
+  if (n < dense || n >= tail) return n + 1;
+  return n + stride < tail ? n + stride : tail;
+}
+
 int main(int argc, char **argv) {
   const char *fix = argc > 1 ? argv[1] : getenv("SDGEN_FIXTURES");
   if (!fix || !fix[0]) fix = SDGEN_FIXTURES_DEFAULT;
@@ -313,14 +323,15 @@ int main(int argc, char **argv) {
   if (sticky_points < 10) sticky_points = 10;
   int64_t dense = total < DENSE_LIMIT ? total : DENSE_LIMIT;
   if (dense > fit * 6 / 10) dense = fit * 6 / 10 > 20 ? fit * 6 / 10 : 20;
-  int64_t strided_runs = fit - dense - sticky_points;
+  int64_t strided_runs = fit - dense - sticky_points - TAIL_RUNS;
   if (strided_runs < 10) strided_runs = 10;
   int64_t stride = total > dense ? (total - dense + strided_runs - 1) / strided_runs : 1;
   if (stride < 1) stride = 1;
   printf("one run: %lld allocation calls, %.3f s (%.3f s CPU)%s; budget %.0f s\n",
          (long long)total, t_run, c_run, UNDER_ASAN ? " under AddressSanitizer" : "", budget);
-  printf("single faults: every N up to %lld, then stride %lld; sticky faults at %lld points\n",
-         (long long)dense, (long long)stride, (long long)sticky_points);
+  printf("single faults: every N up to %lld, then stride %lld, then every N of the last %d; "
+         "sticky faults at %lld points\n",
+         (long long)dense, (long long)stride, TAIL_RUNS, (long long)sticky_points);
   if (dense < DENSE_LIMIT && dense < total)
     printf("NOTE: dense range cut from %d to %lld to fit the budget (pass a larger budget as "
            "the second argument for all of it)\n",
@@ -329,7 +340,7 @@ int main(int argc, char **argv) {
 
   int runs = 0, successes = 0, errors = 0, failing_runs = 0;
   double t_loop = now_s();
-  for (int64_t n = 1;; n += n < dense ? 1 : stride) {
+  for (int64_t n = 1;; n = next_n(n, dense, stride, total)) {
     run_outcome o = run_once(ctx, &p, n, 0);
     runs++;
     if (runs % 100 == 0) {
