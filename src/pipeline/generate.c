@@ -163,23 +163,6 @@ int sd_resolve_model(const sdgen_params *p, const char *name, char *out, size_t 
   return sd_hub_resolve(name, &ho, out, n, err);
 }
 
-int sd_model_is_sd3(const char *path) {
-  char p[4200];
-  if (sd_is_dir(path)) {
-    cJSON *idx = NULL;
-    sd_path_join(p, sizeof p, path, "model_index.json");
-    if (sd_json_read_file(p, &idx, NULL)) return 0;
-    int sd3 = strstr(sd_json_str(idx, "_class_name", ""), "StableDiffusion3") != NULL;
-    cJSON_Delete(idx);
-    return sd3;
-  }
-  sd_weights *w = NULL;
-  if (sd_weights_open(&w, path, NULL)) return 0;
-  sd_checkpoint_info info;
-  sd_checkpoint_detect(w, &info);
-  sd_weights_free(w);
-  return info.family == SD_FAMILY_SD3;
-}
 
 /* Family of a model on disk without reading weights: "sd1", "sdxl",
  * "sdxl-refiner", "sd3" or "" when unknown. */
@@ -251,6 +234,8 @@ static int precheck(gen_run *r, char *refiner_path, size_t n) {
                    "%s latents cannot go to a %s model", base[0] ? base : "these", ref);
   return SD_OK;
 }
+
+int sd_model_is_sd3(const char *path) { return strcmp(model_family(path), "sd3") == 0; }
 
 int gen_progress(int step, int total, void *user) {
   gen_run *r = user;

@@ -13,14 +13,24 @@
 
 #define PARAM_BLOCK 256
 
-/* F32 pointer to a whole parameter vector: the weight itself when F32, an
- * owned converted copy otherwise (*owned set, caller frees), or NULL when t
- * is NULL or the copy could not be allocated (then *failed = 1). */
-static const float *param_vector(const sd_tensor *t, int64_t n, float **owned,
-                                 int *failed) {
+/* Parameter vectors up to this length are converted on the stack: every
+ * norm width of the supported models fits, so a norm needs no allocation
+ * (and cannot meet an allocation failure it would have to absorb). */
+#define PARAM_LOCAL 4096
+
+/* F32 pointer to a whole parameter vector: the weight itself when F32, a
+ * converted copy in `local` (PARAM_LOCAL floats) when it fits, else an owned
+ * copy (*owned set, caller frees); NULL when t is NULL or the copy could not
+ * be allocated (then *failed = 1 and the caller converts block-wise). */
+static const float *param_vector(const sd_tensor *t, int64_t n, float *local,
+                                 float **owned, int *failed) {
   *owned = NULL;
   if (!t) return NULL;
   if (t->dtype == SD_F32) return (const float *)t->data;
+  if (n <= PARAM_LOCAL) {
+    sd_tensor_read_f32(t, 0, n, local);
+    return local;
+  }
   *owned = sd_alloc((size_t)n * 4);
   if (!*owned) {
     *failed = 1;
@@ -142,10 +152,10 @@ void sd_group_norm(float *y, const float *x, int N, int C, int64_t HW,
 
 void sd_layer_norm(float *y, const float *x, int64_t rows, int64_t dim,
                    const sd_tensor *gamma, const sd_tensor *beta, float eps) { if (sd_plan_active()) return;
-  float *gown, *bown;
+  float *gown, *bown, glocal[PARAM_LOCAL], blocal[PARAM_LOCAL];
   int failed = 0;
-  const float *gf = param_vector(gamma, dim, &gown, &failed);
-  const float *bf = param_vector(beta, dim, &bown, &failed);
+  const float *gf = param_vector(gamma, dim, glocal, &gown, &failed);
+  const float *bf = param_vector(beta, dim, blocal, &bown, &failed);
   int nt = rows * dim >= (1 << 15) ? sd_threads_internal() : 1;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t r = 0; r < rows; r++) {
@@ -161,9 +171,9 @@ void sd_layer_norm(float *y, const float *x, int64_t rows, int64_t dim,
 
 void sd_rms_norm(float *y, const float *x, int64_t rows, int64_t dim,
                  const sd_tensor *gamma, float eps) { if (sd_plan_active()) return;
-  float *gown;
+  float *gown, glocal[PARAM_LOCAL];
   int failed = 0;
-  const float *gf = param_vector(gamma, dim, &gown, &failed);
+  const float *gf = param_vector(gamma, dim, glocal, &gown, &failed);
   int nt = rows * dim >= (1 << 15) ? sd_threads_internal() : 1;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t r = 0; r < rows; r++) {

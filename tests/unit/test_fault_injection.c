@@ -322,7 +322,7 @@ int main(int argc, char **argv) {
   int64_t sticky_points = fit / 8 < STICKY_POINTS ? fit / 8 : STICKY_POINTS;
   if (sticky_points < 10) sticky_points = 10;
   int64_t dense = total < DENSE_LIMIT ? total : DENSE_LIMIT;
-  if (dense > fit * 6 / 10) dense = fit * 6 / 10 > 20 ? fit * 6 / 10 : 20;
+  if (dense > fit / 2) dense = fit / 2 > 20 ? fit / 2 : 20;
   int64_t strided_runs = fit - dense - sticky_points - TAIL_RUNS;
   if (strided_runs < 10) strided_runs = 10;
   int64_t stride = total > dense ? (total - dense + strided_runs - 1) / strided_runs : 1;
