@@ -49,7 +49,7 @@ static int64_t plan_decode(const sd_vae *vae, int n, int h, int w, int mode) {
   sd_plan_begin();
   float *lat = sd_calloc((size_t)n * sd_vae_get_config(vae)->latent_channels * h * w, 4);
   float *img = sd_alloc(4ull * n * 3 * h * f * w * f);
-  int64_t base = sd_alloc_get_stats().bytes_in_use, peak = 0;
+  int64_t base = sd_alloc_get_stats().bytes_in_use, peak = -1;
   if (lat && img) {
     sd_alloc_reset_peak();
     if (sd_decode_latents(vae, lat, n, h, w, mode, img, NULL) == SD_OK)
@@ -82,9 +82,10 @@ static int estimate_sd3(void *user, int level, sd_plan *p, sd_error *err) {
   int mode = level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
              : level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
                                             : SD_DECODE_BATCH;
+  int64_t dec_act = plan_decode(u->vae, u->n, u->h, u->w, mode);
+  if (dec_act < 0) return sd_fail(err, SD_ERR_OOM, "out of memory while planning");
   sd_plan_add_stage(p, "decode", u->vae_bytes + (keep ? encoders + u->transformer : 0),
-                    plan_decode(u->vae, u->n, u->h, u->w, mode) + KERNEL_SCRATCH, lat + image);
-  (void)err;
+                    dec_act + KERNEL_SCRATCH, lat + image);
   return SD_OK;
 }
 

@@ -117,7 +117,7 @@ static int64_t plan_unet_forward(const sd_unet_model *m, int B, int h, int w, in
   sd_free(te);
   sd_free(ids);
   sd_plan_end();
-  return peak < 0 ? 0 : peak;
+  return peak; /* -1: the plan run itself failed (out of memory) */
 }
 
 static int64_t plan_vae_decode(const sd_vae *vae, int n, int h, int w, int mode) {
@@ -126,7 +126,7 @@ static int64_t plan_vae_decode(const sd_vae *vae, int n, int h, int w, int mode)
   sd_plan_begin();
   float *lat = sd_calloc((size_t)n * c->latent_channels * h * w, sizeof(float));
   float *img = sd_alloc(sizeof(float) * n * c->out_channels * h * f * w * f);
-  int64_t base = sd_alloc_get_stats().bytes_in_use, peak = 0;
+  int64_t base = sd_alloc_get_stats().bytes_in_use, peak = -1;
   if (lat && img) {
     sd_error e = {0};
     sd_alloc_reset_peak();
@@ -136,7 +136,7 @@ static int64_t plan_vae_decode(const sd_vae *vae, int n, int h, int w, int mode)
   sd_free(lat);
   sd_free(img);
   sd_plan_end();
-  return peak;
+  return peak; /* -1: the plan run itself failed (out of memory) */
 }
 
 static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
@@ -165,23 +165,28 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
     enc_act = sd_clip_scratch_bytes(&m->te2->cfg, 1, ctx_len);
   sd_plan_add_stage(p, "encode", te, enc_act + (4 << 20), cond);
   int64_t held = keep_te ? te : 0;
-  if (u->img2img)
-    sd_plan_add_stage(p, "vae encode", held + enc,
-                      plan_vae_decode(m->vae, level >= SD_PLAN_VAE_SLICING ? 1 : n, h, w, 0) +
-                          KERNEL_SCRATCH,
-                      cond + image + lat);
+  int64_t enc_peak = 0, act, dec_act;
+  if (u->img2img) {
+    enc_peak = plan_vae_decode(m->vae, level >= SD_PLAN_VAE_SLICING ? 1 : n, h, w, 0);
+    if (enc_peak < 0) goto oom;
+    sd_plan_add_stage(p, "vae encode", held + enc, enc_peak + KERNEL_SCRATCH, cond + image + lat);
+  }
   int64_t unet_w = level >= SD_PLAN_STREAMING ? 2 * sd_unet_largest_block_bytes(m->unet) : unet;
   int Bd = level >= SD_PLAN_SEQUENTIAL ? B / n : B; /* images denoised at once, x2 for CFG */
-  int64_t act = plan_unet_forward(m, Bd, h, w, ctx_len, ctx_dim, pooled, n_ids);
+  act = plan_unet_forward(m, Bd, h, w, ctx_len, ctx_dim, pooled, n_ids);
+  if (act < 0) goto oom;
   sd_plan_add_stage(p, "denoise", held + unet_w, act + KERNEL_SCRATCH,
                     cond + lat + 2 * (lat / n) * Bd);
   int mode = level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
              : level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
                                             : SD_DECODE_BATCH;
+  dec_act = plan_vae_decode(m->vae, n, h, w, mode);
+  if (dec_act < 0) goto oom;
   sd_plan_add_stage(p, "decode", held + dec + (level == SD_PLAN_RESIDENT ? unet : 0),
-                    plan_vae_decode(m->vae, n, h, w, mode) + KERNEL_SCRATCH, lat + image);
-  (void)err;
+                    dec_act + KERNEL_SCRATCH, lat + image);
   return SD_OK;
+oom:
+  return sd_fail(err, SD_ERR_OOM, "out of memory while planning");
 }
 
 /* Chooses the plan for this run and reports it; sets r->plan. */

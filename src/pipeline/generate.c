@@ -164,36 +164,47 @@ int sd_resolve_model(const sdgen_params *p, const char *name, char *out, size_t 
 }
 
 
-/* Family of a model on disk without reading weights: "sd1", "sdxl",
- * "sdxl-refiner", "sd3" or "" when unknown. */
-static const char *model_family(const char *path) {
+/* Family of a model on disk without reading weights: *family = "sd1",
+ * "sdxl", "sdxl-refiner", "sd3" or "" when unknown. Fails only when the
+ * files cannot be read (a malformed model is "" here and reported by the
+ * loader with the details). */
+static int model_family(const char *path, const char **family, sd_error *err) {
   char p[4200];
+  *family = "";
   if (sd_is_dir(path)) {
     cJSON *idx = NULL;
     sd_path_join(p, sizeof p, path, "model_index.json");
-    if (sd_json_read_file(p, &idx, NULL)) return "";
+    if (!sd_is_file(p)) return SD_OK;
+    sd_error e = {0};
+    int rc = sd_json_read_file(p, &idx, &e);
+    if (rc == SD_ERR_OOM) return sd_fail(err, rc, "%s", e.msg);
+    if (rc) return SD_OK;
     const char *cls = sd_json_str(idx, "_class_name", "");
-    const char *f = strstr(cls, "StableDiffusion3")   ? "sd3"
-                    : strstr(cls, "XLImg2Img")        ? "sdxl-refiner"
-                    : strstr(cls, "XL")               ? "sdxl"
-                    : strstr(cls, "StableDiffusion") ? "sd1"
-                                                      : "";
+    *family = strstr(cls, "StableDiffusion3")   ? "sd3"
+              : strstr(cls, "XLImg2Img")        ? "sdxl-refiner"
+              : strstr(cls, "XL")               ? "sdxl"
+              : strstr(cls, "StableDiffusion") ? "sd1"
+                                                : "";
     cJSON_Delete(idx);
-    return f;
+    return SD_OK;
   }
   sd_weights *w = NULL;
-  if (sd_weights_open(&w, path, NULL)) return "";
+  sd_error e = {0};
+  int rc = sd_weights_open(&w, path, &e);
+  if (rc == SD_ERR_OOM) return sd_fail(err, rc, "%s", e.msg);
+  if (rc) return SD_OK;
   sd_checkpoint_info info;
   sd_checkpoint_detect(w, &info);
   sd_weights_free(w);
   switch (info.family) {
   case SD_FAMILY_SD1:
-  case SD_FAMILY_SD2: return "sd1";
-  case SD_FAMILY_SDXL_BASE: return "sdxl";
-  case SD_FAMILY_SDXL_REFINER: return "sdxl-refiner";
-  case SD_FAMILY_SD3: return "sd3";
-  default: return "";
+  case SD_FAMILY_SD2: *family = "sd1"; break;
+  case SD_FAMILY_SDXL_BASE: *family = "sdxl"; break;
+  case SD_FAMILY_SDXL_REFINER: *family = "sdxl-refiner"; break;
+  case SD_FAMILY_SD3: *family = "sd3"; break;
+  default: break;
   }
+  return SD_OK;
 }
 
 /* Checks that need the models' identities but no weights: refiner
@@ -218,7 +229,10 @@ static int precheck(gen_run *r, char *refiner_path, size_t n) {
   }
   if (!p->refiner) return SD_OK;
   if ((rc = sd_resolve_model(p, p->refiner, refiner_path, n, r->err))) return rc;
-  const char *base = model_family(r->model_path), *ref = model_family(refiner_path);
+  const char *base, *ref;
+  if ((rc = model_family(r->model_path, &base, r->err)) ||
+      (rc = model_family(refiner_path, &ref, r->err)))
+    return rc;
   if (!ref[0]) return sd_fail(r->err, SD_ERR_FORMAT, "refiner %s is not a model we know", p->refiner);
   if (strcmp(ref, "sd3") == 0)
     return sd_fail(r->err, SD_ERR_ARG, "refiner %s is an SD3 model; use an SDXL refiner (or an "
@@ -235,7 +249,6 @@ static int precheck(gen_run *r, char *refiner_path, size_t n) {
   return SD_OK;
 }
 
-int sd_model_is_sd3(const char *path) { return strcmp(model_family(path), "sd3") == 0; }
 
 int gen_progress(int step, int total, void *user) {
   gen_run *r = user;
@@ -291,10 +304,9 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *p, sdgen_result *res) {
    * most twice) with the next more frugal memory plan. */
   r.min_level = p->min_plan;
   for (int attempt = 0;; attempt++) {
-    if (sd_model_is_sd3(r.model_path))
-      rc = gen_base_sd3(&r);
-    else
-      rc = gen_base_unet(&r);
+    const char *family;
+    rc = model_family(r.model_path, &family, err);
+    if (!rc) rc = strcmp(family, "sd3") == 0 ? gen_base_sd3(&r) : gen_base_unet(&r);
     if (rc != SD_ERR_OOM || attempt == 2 || r.dry_run_done || ctx->cancel ||
         (r.have_plan && r.plan.level >= SD_PLAN_STREAMING && r.plan.peak > r.plan.budget))
       break;

@@ -77,8 +77,6 @@ int sd_write_text_atomic(const char *path, const char *text, sd_error *err);
  * through the cache or downloaded. */
 int sd_resolve_model(const sdgen_params *p, const char *name, char *out, size_t n,
                      sd_error *err);
-/* 1 if the model at path is an SD3 pipeline (folder or single file). */
-int sd_model_is_sd3(const char *path);
 /* Saves latents with the model path in the metadata (for --decode). */
 int sd_write_latents(const char *path, const sd_named_tensor *latents, const char *model,
                      sd_error *err);

@@ -61,7 +61,7 @@
 #define DENSE_LIMIT 400
 #define STICKY_POINTS 50
 #if UNDER_ASAN
-#define DEFAULT_BUDGET_S 150.0
+#define DEFAULT_BUDGET_S 120.0
 #else
 #define DEFAULT_BUDGET_S 50.0
 #endif
