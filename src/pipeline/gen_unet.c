@@ -75,6 +75,9 @@ static int decode(gen_run *r, const sd_vae *vae, const float *lat, int n, int h,
 typedef struct unet_plan_ctx {
   sd_unet_model *m;
   int n, h, w, guidance, img2img;
+  /* plan-mode results reused across levels: UNet by batch (full /
+   * sequential), decode by mode, encode by batch; 0 = not measured yet */
+  int64_t unet_act[2], dec_act[3], enc_act[2];
 } unet_plan_ctx;
 
 static int64_t prefix_bytes(const sd_weights *w, const char *prefix) {
@@ -167,20 +170,26 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
   int64_t held = keep_te ? te : 0;
   int64_t enc_peak = 0, act, dec_act;
   if (u->img2img) {
-    enc_peak = plan_vae_decode(m->vae, level >= SD_PLAN_VAE_SLICING ? 1 : n, h, w, 0);
+    int one = level >= SD_PLAN_VAE_SLICING;
+    if (!u->enc_act[one]) u->enc_act[one] = plan_vae_decode(m->vae, one ? 1 : n, h, w, 0);
+    enc_peak = u->enc_act[one];
     if (enc_peak < 0) goto oom;
     sd_plan_add_stage(p, "vae encode", held + enc, enc_peak + KERNEL_SCRATCH, cond + image + lat);
   }
   int64_t unet_w = level >= SD_PLAN_STREAMING ? 2 * sd_unet_largest_block_bytes(m->unet) : unet;
   int Bd = level >= SD_PLAN_SEQUENTIAL ? B / n : B; /* images denoised at once, x2 for CFG */
-  act = plan_unet_forward(m, Bd, h, w, ctx_len, ctx_dim, pooled, n_ids);
+  int seq = Bd != B;
+  if (!u->unet_act[seq])
+    u->unet_act[seq] = plan_unet_forward(m, Bd, h, w, ctx_len, ctx_dim, pooled, n_ids);
+  act = u->unet_act[seq];
   if (act < 0) goto oom;
   sd_plan_add_stage(p, "denoise", held + unet_w, act + KERNEL_SCRATCH,
                     cond + lat + 2 * (lat / n) * Bd);
   int mode = level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
              : level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
                                             : SD_DECODE_BATCH;
-  dec_act = plan_vae_decode(m->vae, n, h, w, mode);
+  if (!u->dec_act[mode]) u->dec_act[mode] = plan_vae_decode(m->vae, n, h, w, mode);
+  dec_act = u->dec_act[mode];
   if (dec_act < 0) goto oom;
   sd_plan_add_stage(p, "decode", held + dec + (level == SD_PLAN_RESIDENT ? unet : 0),
                     dec_act + KERNEL_SCRATCH, lat + image);
@@ -191,7 +200,7 @@ oom:
 
 /* Chooses the plan for this run and reports it; sets r->plan. */
 static int plan_run(gen_run *r, sd_unet_model *m, int n, int h, int w, int guidance) {
-  unet_plan_ctx u = {m, n, h, w, guidance, r->p->init_image != NULL};
+  unet_plan_ctx u = {m, n, h, w, guidance, r->p->init_image != NULL, {0}, {0}, {0}};
   int64_t budget = r->p->max_memory > 0 ? r->p->max_memory : sd_plan_default_budget();
   int rc = sd_plan_choose(&r->plan, budget, r->min_level, estimate_unet, &u, r->err);
   char text[2048];
