@@ -16,7 +16,7 @@
 #include "pipeline/unet_pipeline.h"
 #include "tensor/ops.h"
 
-#define KERNEL_SCRATCH (48LL << 20)
+#define KERNEL_SCRATCH (32LL << 20)
 #define T5_TOKENS 256
 
 typedef struct sd3_plan_ctx {
@@ -75,7 +75,7 @@ static int estimate_sd3(void *user, int level, sd_plan *p, sd_error *err) {
   int keep = level == SD_PLAN_RESIDENT;
   int64_t encoders = u->clip_l + u->clip_g + (u->no_t5 ? 0 : u->t5);
   sd_plan_add_stage(p, "encode", keep ? encoders : enc, enc_act, cond);
-  int64_t tw = level >= SD_PLAN_STREAMING ? 2 * sd_mmdit_largest_block_bytes(u->m) : u->transformer;
+  int64_t tw = level >= SD_PLAN_STREAMING ? sd_mmdit_largest_block_bytes(u->m) : u->transformer;
   int64_t act = sd_mmdit_scratch_bytes(&u->m->cfg, B, u->h, u->w, tokens);
   sd_plan_add_stage(p, "denoise", tw + (keep ? encoders : 0), act + KERNEL_SCRATCH,
                     cond + lat + 2 * (lat / u->n) * B);

@@ -91,7 +91,7 @@ static int64_t prefix_bytes(const sd_weights *w, const char *prefix) {
 
 /* Kernel scratch the plan-mode run does not see (kernels return at once):
  * converted weight panels and conv tiles, bounded by the kernels. */
-#define KERNEL_SCRATCH (48LL << 20)
+#define KERNEL_SCRATCH (32LL << 20)
 
 /* Activation peak of one UNet forward, measured by running it in plan mode. */
 static int64_t plan_unet_forward(const sd_unet_model *m, int B, int h, int w, int ctx_len,
@@ -176,7 +176,7 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
     if (enc_peak < 0) goto oom;
     sd_plan_add_stage(p, "vae encode", held + enc, enc_peak + KERNEL_SCRATCH, cond + image + lat);
   }
-  int64_t unet_w = level >= SD_PLAN_STREAMING ? 2 * sd_unet_largest_block_bytes(m->unet) : unet;
+  int64_t unet_w = level >= SD_PLAN_STREAMING ? sd_unet_largest_block_bytes(m->unet) : unet;
   int Bd = level >= SD_PLAN_SEQUENTIAL ? B / n : B; /* images denoised at once, x2 for CFG */
   int seq = Bd != B;
   if (!u->unet_act[seq])

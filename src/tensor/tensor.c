@@ -208,9 +208,13 @@ void sd_tensor_read_f32(const sd_tensor *t, int64_t offset, int64_t count,
   case SD_BF16:
     sd_convert_bf16_to_f32(dst, (const uint16_t *)t->data + offset, count);
     break;
-  case SD_F64: {
-    const double *s = (const double *)t->data + offset;
-    for (int64_t i = 0; i < count; i++) dst[i] = (float)s[i];
+  case SD_F64: { /* mapped data may be unaligned: copy each value out */
+    const unsigned char *s = (const unsigned char *)t->data + offset * 8;
+    for (int64_t i = 0; i < count; i++) {
+      double v;
+      memcpy(&v, s + 8 * i, 8);
+      dst[i] = (float)v;
+    }
     break;
   }
   default:

@@ -182,9 +182,17 @@ static void run_loop(conf_ctx *c, const char *base_id, sd_scheduler *s, const sd
       goto done;
     }
     if (t_ts) {
-      double want = t_ts->dtype == SD_F64 ? *(const double *)t_ts->data
-                    : t_ts->dtype == SD_F32 ? *(const float *)t_ts->data
-                    : t_ts->dtype == SD_I64 ? (double)*(const int64_t *)t_ts->data : NAN;
+      /* safetensors data need not be aligned: copy the scalar out */
+      double f64 = NAN;
+      float f32 = NAN;
+      int64_t i64 = 0;
+      if (t_ts->dtype == SD_F64) memcpy(&f64, t_ts->data, 8);
+      if (t_ts->dtype == SD_F32) memcpy(&f32, t_ts->data, 4);
+      if (t_ts->dtype == SD_I64) memcpy(&i64, t_ts->data, 8);
+      double want = t_ts->dtype == SD_F64   ? f64
+                    : t_ts->dtype == SD_F32 ? f32
+                    : t_ts->dtype == SD_I64 ? (double)i64
+                                            : NAN;
       snprintf(id, sizeof id, "%s.step%d.timestep", base_id, k);
       double got = sd_scheduler_timestep(s, k);
       if (conf_wants(c, id)) conf_result(c, id, (float)got == (float)want, "%.9g (expected %.9g)", got, want);

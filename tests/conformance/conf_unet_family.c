@@ -27,10 +27,22 @@ static sd_tensor *golden_f32(const sd_weights *g, const char *name) {
   int64_t n = sd_tensor_numel(t);
   for (int64_t i = 0; i < n; i++) {
     double v = 0;
+    /* safetensors data need not be aligned for its type: copy, don't cast */
+    const unsigned char *src = (const unsigned char *)t->data;
     switch (t->dtype) {
-    case SD_I64: v = (double)((const int64_t *)t->data)[i]; break;
-    case SD_I32: v = ((const int32_t *)t->data)[i]; break;
-    case SD_U8: v = ((const uint8_t *)t->data)[i]; break;
+    case SD_I64: {
+      int64_t x;
+      memcpy(&x, src + 8 * i, 8);
+      v = (double)x;
+      break;
+    }
+    case SD_I32: {
+      int32_t x;
+      memcpy(&x, src + 4 * i, 4);
+      v = x;
+      break;
+    }
+    case SD_U8: v = src[i]; break;
     default: break;
     }
     sd_f32(o)[i] = (float)v;
