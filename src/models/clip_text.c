@@ -6,6 +6,7 @@
 
 #include "base/alloc.h"
 #include "io/json.h"
+#include "io/residency.h"
 #include "tensor/ops.h"
 
 static int need(const sd_weights *w, const char *prefix, const char *name,
@@ -122,6 +123,27 @@ int sd_clip_load(sd_clip **out, const sd_weights *w, const char *prefix,
   return SD_OK;
 }
 
+static int layer_tensors(const sd_clip_layer *L, const sd_tensor **t) {
+  const sd_tensor *all[] = {L->ln1_w, L->ln1_b, L->q_w,  L->q_b,  L->k_w,   L->k_b,
+                            L->v_w,   L->v_b,   L->out_w, L->out_b, L->ln2_w, L->ln2_b,
+                            L->fc1_w, L->fc1_b, L->fc2_w, L->fc2_b};
+  int n = (int)(sizeof all / sizeof all[0]);
+  for (int i = 0; i < n; i++) t[i] = all[i];
+  return n;
+}
+
+int64_t sd_clip_largest_layer_bytes(const sd_clip *m) {
+  int64_t best = 0;
+  const sd_tensor *t[16];
+  for (int l = 0; l < m->cfg.layers; l++) {
+    int n = layer_tensors(&m->layer[l], t);
+    int64_t b = 0;
+    for (int i = 0; i < n; i++) b += (int64_t)sd_tensor_nbytes(t[i]);
+    if (b > best) best = b;
+  }
+  return best;
+}
+
 void sd_clip_free(sd_clip *m) {
   if (!m) return;
   sd_free(m->layer);
@@ -188,6 +210,11 @@ int sd_clip_encode(const sd_clip *m, const int32_t *ids, int B, int L,
     if ((rc = sd_linear(x, mlp, T, c->intermediate, Ly->fc2_w, Ly->fc2_b)))
       goto oom;
     sd_add_inplace(h, x, T * D);
+    if (m->stream_weights) {
+      const sd_tensor *t[16];
+      int n = layer_tensors(Ly, t);
+      for (int i = 0; i < n; i++) sd_tensor_release_pages(t[i]);
+    }
   }
   if (c->layers == 1 && out->penultimate) {
     rc = sd_fail(err, SD_ERR_UNSUPPORTED, "one-layer encoder has no penultimate");
@@ -211,6 +238,11 @@ int sd_clip_encode(const sd_clip *m, const int32_t *ids, int B, int L,
       }
       if ((rc = sd_linear(out->text_embeds, pooled, B, D, m->proj, NULL))) goto oom;
     }
+  }
+  if (m->stream_weights) {
+    sd_tensor_release_pages(m->tok_emb);
+    sd_tensor_release_pages(m->pos_emb);
+    sd_tensor_release_pages(m->proj);
   }
   goto done;
 oom:

@@ -39,7 +39,12 @@ typedef struct sd_clip {
   const sd_tensor *final_ln_w, *final_ln_b; /* (D) */
   const sd_tensor *proj;      /* (proj_dim, D) or NULL */
   sd_clip_layer *layer;       /* [layers] */
+  int stream_weights;         /* drop each layer's weight pages after it ran */
 } sd_clip;
+
+/* Bytes of the largest layer's weights (the resident set when streaming,
+ * with the few embedding rows a prompt touches). */
+int64_t sd_clip_largest_layer_bytes(const sd_clip *m);
 
 /* Binds weights `<prefix>text_model.*` (and `<prefix>text_projection.weight`)
  * of w. config (transformers config.json) may be NULL: sizes are then read

@@ -166,7 +166,11 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
   if (m->te1) enc_act = sd_clip_scratch_bytes(&m->te1->cfg, 1, ctx_len);
   if (m->te2 && sd_clip_scratch_bytes(&m->te2->cfg, 1, ctx_len) > enc_act)
     enc_act = sd_clip_scratch_bytes(&m->te2->cfg, 1, ctx_len);
-  sd_plan_add_stage(p, "encode", te, enc_act + (4 << 20), cond);
+  int64_t te_resident = te;
+  if (level >= SD_PLAN_STREAMING) /* one encoder layer at a time */
+    te_resident = (m->te1 ? sd_clip_largest_layer_bytes(m->te1) : 0) +
+                  (m->te2 ? sd_clip_largest_layer_bytes(m->te2) : 0);
+  sd_plan_add_stage(p, "encode", te_resident, enc_act + (4 << 20), cond);
   int64_t held = keep_te ? te : 0;
   int64_t enc_peak = 0, act, dec_act;
   if (u->img2img) {
@@ -232,6 +236,8 @@ static int plan_run(gen_run *r, sd_unet_model *m, int n, int h, int w, int guida
   if (pl->level >= SD_PLAN_STREAMING) {
     sd_monitor_optimization(&r->mon, "Enabled weight streaming (one UNet block resident)");
     sd_unet_set_weight_streaming(m->unet, 1);
+    if (m->te1) m->te1->stream_weights = 1;
+    if (m->te2) m->te2->stream_weights = 1;
   }
   if (pl->level >= SD_PLAN_SEQUENTIAL && n > 1)
     sd_monitor_optimization(&r->mon, "Denoising the %d images one at a time", n);
