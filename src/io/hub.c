@@ -1326,7 +1326,7 @@ static int offline_error(const hub_ctx *c, const char *what, const char *missing
                    what, c->repo_dir, missing);
   return sd_fail(err, SD_ERR_IO,
                  "%s is not in the Hugging Face cache (%s) and offline mode is on "
-                 "(HF_HUB_OFFLINE=1): run once online, or give a local path",
+                 "(--offline or HF_HUB_OFFLINE): run once online, or give a local path",
                  what, c->cache);
 }
 
