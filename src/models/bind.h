@@ -23,6 +23,20 @@ typedef struct sd_binder {
 const sd_tensor *sd_bind(sd_binder *b, int ndim, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* A ResnetBlock2D's weights (UNet and VAE; the VAE has no time projection). */
+typedef struct sd_resnet_weights {
+  int in_ch, out_ch;
+  const sd_tensor *norm1_w, *norm1_b; /* (in) */
+  const sd_tensor *conv1_w, *conv1_b; /* (out, in, 3, 3), (out) */
+  const sd_tensor *temb_w, *temb_b;   /* (out, T), (out); NULL without time embedding */
+  const sd_tensor *norm2_w, *norm2_b; /* (out) */
+  const sd_tensor *conv2_w, *conv2_b; /* (out, out, 3, 3) */
+  const sd_tensor *skip_w, *skip_b;   /* (out, in, 1, 1) or NULL */
+} sd_resnet_weights;
+
+/* Binds `<prefix>.norm1 ... conv2[, time_emb_proj][, conv_shortcut]`. */
+void sd_bind_resnet(sd_binder *b, sd_resnet_weights *r, const char *prefix, int with_temb);
+
 /* A 2-D (rows, rest) view of a weight: 1x1 convs used as linears. */
 sd_tensor sd_view2d(const sd_tensor *t);
 

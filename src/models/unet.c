@@ -13,15 +13,7 @@
 
 /* ---- weights, bound once ---- */
 
-typedef struct resnet {
-  int in_ch, out_ch;
-  const sd_tensor *norm1_w, *norm1_b; /* (in) */
-  const sd_tensor *conv1_w, *conv1_b; /* (out, in, 3, 3), (out) */
-  const sd_tensor *temb_w, *temb_b;   /* (out, T), (out) */
-  const sd_tensor *norm2_w, *norm2_b; /* (out) */
-  const sd_tensor *conv2_w, *conv2_b; /* (out, out, 3, 3) */
-  const sd_tensor *skip_w, *skip_b;   /* (out, in, 1, 1) or NULL */
-} resnet;
+typedef sd_resnet_weights resnet;
 
 typedef struct attn {
   const sd_tensor *q, *k, *v;       /* (C, C) / (C, ctx) no bias */
@@ -64,27 +56,6 @@ struct sd_unet {
 };
 
 
-static void bind_resnet(sd_binder *b, resnet *r, const char *p) {
-  r->norm1_w = sd_bind(b, 1, "%s.norm1.weight", p);
-  r->norm1_b = sd_bind(b, 1, "%s.norm1.bias", p);
-  r->conv1_w = sd_bind(b, 4, "%s.conv1.weight", p);
-  r->conv1_b = sd_bind(b, 1, "%s.conv1.bias", p);
-  r->temb_w = sd_bind(b, 2, "%s.time_emb_proj.weight", p);
-  r->temb_b = sd_bind(b, 1, "%s.time_emb_proj.bias", p);
-  r->norm2_w = sd_bind(b, 1, "%s.norm2.weight", p);
-  r->norm2_b = sd_bind(b, 1, "%s.norm2.bias", p);
-  r->conv2_w = sd_bind(b, 4, "%s.conv2.weight", p);
-  r->conv2_b = sd_bind(b, 1, "%s.conv2.bias", p);
-  if (b->rc) return;
-  r->in_ch = (int)r->conv1_w->shape[1];
-  r->out_ch = (int)r->conv1_w->shape[0];
-  if (sd_weights_getf(b->w, "%s.conv_shortcut.weight", p)) {
-    r->skip_w = sd_bind(b, 4, "%s.conv_shortcut.weight", p);
-    r->skip_b = sd_bind(b, 1, "%s.conv_shortcut.bias", p);
-  } else if (r->in_ch != r->out_ch) {
-    b->rc = sd_fail(b->err, SD_ERR_FORMAT, "UNet: '%s' changes channels but has no conv_shortcut", p);
-  }
-}
 
 
 static void bind_attn(sd_binder *b, attn *a, const char *p) {
@@ -236,7 +207,7 @@ int sd_unet_load(sd_unet **out, const sd_weights *w, const cJSON *config,
     for (int j = 0; j < L->nres && !b.rc; j++) {
       char p[96];
       snprintf(p, sizeof p, "down_blocks.%d.resnets.%d", i, j);
-      bind_resnet(&b, &L->res[j], p);
+      sd_bind_resnet(&b, &L->res[j], p, 1);
       snprintf(p, sizeof p, "down_blocks.%d.attentions.%d.", i, j);
       if (sd_weights_has_prefix(w, p)) {
         p[strlen(p) - 1] = 0;
@@ -251,8 +222,8 @@ int sd_unet_load(sd_unet **out, const sd_weights *w, const cJSON *config,
     }
   }
   /* Mid block. */
-  bind_resnet(&b, &m->mid_res[0], "mid_block.resnets.0");
-  bind_resnet(&b, &m->mid_res[1], "mid_block.resnets.1");
+  sd_bind_resnet(&b, &m->mid_res[0], "mid_block.resnets.0", 1);
+  sd_bind_resnet(&b, &m->mid_res[1], "mid_block.resnets.1", 1);
   if (sd_weights_has_prefix(w, "mid_block.attentions.0."))
     m->mid_attn = bind_transformer(&b, "mid_block.attentions.0", c->heads[c->levels - 1],
                                    c->head_dim_fixed);
@@ -264,7 +235,7 @@ int sd_unet_load(sd_unet **out, const sd_weights *w, const cJSON *config,
     for (int j = 0; j < L->nres && !b.rc; j++) {
       char p[96];
       snprintf(p, sizeof p, "up_blocks.%d.resnets.%d", i, j);
-      bind_resnet(&b, &L->res[j], p);
+      sd_bind_resnet(&b, &L->res[j], p, 1);
       snprintf(p, sizeof p, "up_blocks.%d.attentions.%d.", i, j);
       if (sd_weights_has_prefix(w, p)) {
         p[strlen(p) - 1] = 0;

@@ -13,10 +13,7 @@
 /* VAE resnets and attention use GroupNorm eps 1e-6 (diffusers Encoder/Decoder). */
 #define VAE_EPS 1e-6f
 
-typedef struct vres {
-  int in_ch, out_ch;
-  const sd_tensor *n1w, *n1b, *c1w, *c1b, *n2w, *n2b, *c2w, *c2b, *skw, *skb;
-} vres;
+typedef sd_resnet_weights vres;
 
 typedef struct vattn {
   int ch;
@@ -45,25 +42,6 @@ struct sd_vae {
 };
 
 
-static void bind_res(sd_binder *b, vres *r, const char *p) {
-  r->n1w = sd_bind(b, 1, "%s.norm1.weight", p);
-  r->n1b = sd_bind(b, 1, "%s.norm1.bias", p);
-  r->c1w = sd_bind(b, 4, "%s.conv1.weight", p);
-  r->c1b = sd_bind(b, 1, "%s.conv1.bias", p);
-  r->n2w = sd_bind(b, 1, "%s.norm2.weight", p);
-  r->n2b = sd_bind(b, 1, "%s.norm2.bias", p);
-  r->c2w = sd_bind(b, 4, "%s.conv2.weight", p);
-  r->c2b = sd_bind(b, 1, "%s.conv2.bias", p);
-  if (b->rc) return;
-  r->in_ch = (int)r->c1w->shape[1];
-  r->out_ch = (int)r->c1w->shape[0];
-  if (sd_weights_getf(b->w, "%s.conv_shortcut.weight", p)) {
-    r->skw = sd_bind(b, 4, "%s.conv_shortcut.weight", p);
-    r->skb = sd_bind(b, 1, "%s.conv_shortcut.bias", p);
-  } else if (r->in_ch != r->out_ch) {
-    b->rc = sd_fail(b->err, SD_ERR_FORMAT, "VAE: '%s' has no conv_shortcut", p);
-  }
-}
 
 
 static void bind_attn(sd_binder *b, vattn *a, const char *p) {
@@ -108,7 +86,7 @@ static void bind_half(sd_binder *b, half *h, const char *side, int levels, int n
     for (int j = 0; j < nres; j++) {
       char p[128];
       snprintf(p, sizeof p, "%s.%s.%d.resnets.%d", side, blocks, i, j);
-      bind_res(b, &L->res[j], p);
+      sd_bind_resnet(b, &L->res[j], p, 0);
     }
     if (sd_weights_getf(b->w, "%s.%s.%d.%s.0.conv.weight", side, blocks, i, sampler)) {
       L->sw = sd_bind(b, 4, "%s.%s.%d.%s.0.conv.weight", side, blocks, i, sampler);
@@ -117,9 +95,9 @@ static void bind_half(sd_binder *b, half *h, const char *side, int levels, int n
   }
   char p[128];
   snprintf(p, sizeof p, "%s.mid_block.resnets.0", side);
-  bind_res(b, &h->mid[0], p);
+  sd_bind_resnet(b, &h->mid[0], p, 0);
   snprintf(p, sizeof p, "%s.mid_block.resnets.1", side);
-  bind_res(b, &h->mid[1], p);
+  sd_bind_resnet(b, &h->mid[1], p, 0);
   snprintf(p, sizeof p, "%s.mid_block.attentions.0.", side);
   if (sd_weights_has_prefix(b->w, p)) {
     p[strlen(p) - 1] = 0;
@@ -230,14 +208,14 @@ static int res_forward(const sd_vae *m, const vres *r, const float *x, int B, in
     rc = SD_ERR_OOM;
     goto done;
   }
-  sd_group_norm(h, x, B, r->in_ch, HW, g, r->n1w, r->n1b, VAE_EPS);
+  sd_group_norm(h, x, B, r->in_ch, HW, g, r->norm1_w, r->norm1_b, VAE_EPS);
   sd_silu(h, (int64_t)B * r->in_ch * HW);
-  if ((rc = sd_conv2d(h2, h, B, r->in_ch, H, W, r->c1w, r->c1b, 1, 1))) goto done;
-  sd_group_norm(h2, h2, B, r->out_ch, HW, g, r->n2w, r->n2b, VAE_EPS);
+  if ((rc = sd_conv2d(h2, h, B, r->in_ch, H, W, r->conv1_w, r->conv1_b, 1, 1))) goto done;
+  sd_group_norm(h2, h2, B, r->out_ch, HW, g, r->norm2_w, r->norm2_b, VAE_EPS);
   sd_silu(h2, (int64_t)B * r->out_ch * HW);
-  if ((rc = sd_conv2d(y, h2, B, r->out_ch, H, W, r->c2w, r->c2b, 1, 1))) goto done;
-  if (r->skw) {
-    if ((rc = sd_conv2d(h2, x, B, r->in_ch, H, W, r->skw, r->skb, 1, 0))) goto done;
+  if ((rc = sd_conv2d(y, h2, B, r->out_ch, H, W, r->conv2_w, r->conv2_b, 1, 1))) goto done;
+  if (r->skip_w) {
+    if ((rc = sd_conv2d(h2, x, B, r->in_ch, H, W, r->skip_w, r->skip_b, 1, 0))) goto done;
     sd_add_inplace(y, h2, (int64_t)B * r->out_ch * HW);
   } else {
     sd_add_inplace(y, x, (int64_t)B * r->out_ch * HW);

@@ -78,6 +78,7 @@ typedef struct unet_plan_ctx {
   /* plan-mode results reused across levels: UNet by batch (full /
    * sequential), decode by mode, encode by batch; 0 = not measured yet */
   int64_t unet_act[2], dec_act[3], enc_act[2];
+  int64_t te_bytes, unet_bytes, dec_bytes, enc_bytes; /* stored weight sizes */
 } unet_plan_ctx;
 
 static int64_t prefix_bytes(const sd_weights *w, const char *prefix) {
@@ -148,11 +149,7 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
   const sd_unet_config *c = sd_unet_get_config(m->unet);
   int f = sd_vae_downscale(m->vae), n = u->n, h = u->h, w = u->w;
   int B = u->guidance ? 2 * n : n;
-  int64_t te = (m->w_te1 ? (int64_t)sd_weights_total_bytes(m->w_te1) : 0) +
-               (m->w_te2 ? (int64_t)sd_weights_total_bytes(m->w_te2) : 0);
-  int64_t unet = (int64_t)sd_weights_total_bytes(m->w_unet);
-  int64_t dec = prefix_bytes(m->w_vae, "decoder.") + prefix_bytes(m->w_vae, "post_quant_conv.");
-  int64_t enc = prefix_bytes(m->w_vae, "encoder.") + prefix_bytes(m->w_vae, "quant_conv.");
+  int64_t te = u->te_bytes, unet = u->unet_bytes, dec = u->dec_bytes, enc = u->enc_bytes;
   int keep_te = level == SD_PLAN_RESIDENT;
   int ctx_dim = (m->te1 ? m->te1->cfg.hidden : 0) + (m->te2 && m->family != SD_MODEL_SD1
                                                           ? m->te2->cfg.hidden : 0);
@@ -204,7 +201,13 @@ oom:
 
 /* Chooses the plan for this run and reports it; sets r->plan. */
 static int plan_run(gen_run *r, sd_unet_model *m, int n, int h, int w, int guidance) {
-  unet_plan_ctx u = {m, n, h, w, guidance, r->p->init_image != NULL, {0}, {0}, {0}};
+  unet_plan_ctx u = {m, n, h, w, guidance, r->p->init_image != NULL, {0}, {0}, {0}, 0, 0, 0, 0};
+  /* weight sizes are the same at every level: summed once here */
+  u.te_bytes = (m->w_te1 ? (int64_t)sd_weights_total_bytes(m->w_te1) : 0) +
+               (m->w_te2 ? (int64_t)sd_weights_total_bytes(m->w_te2) : 0);
+  u.unet_bytes = (int64_t)sd_weights_total_bytes(m->w_unet);
+  u.dec_bytes = prefix_bytes(m->w_vae, "decoder.") + prefix_bytes(m->w_vae, "post_quant_conv.");
+  u.enc_bytes = prefix_bytes(m->w_vae, "encoder.") + prefix_bytes(m->w_vae, "quant_conv.");
   int64_t budget = r->p->max_memory > 0 ? r->p->max_memory : sd_plan_default_budget();
   int rc = sd_plan_choose(&r->plan, budget, r->min_level, estimate_unet, &u, r->err);
   char text[2048];
