@@ -18,6 +18,7 @@
 #include "base/alloc.h"
 #include "tensor/convert.h"
 #include "tensor/ops.h"
+#include "tensor/blas_setup.h"
 
 typedef struct bench_row {
   char name[64];
@@ -147,6 +148,7 @@ static void add_row(const char *name, double s, double flops, double bytes) {
 }
 
 int main(int argc, char **argv) {
+  sd_blas_select_kernels(argv);
   int threads = 2, quick = 0;
   const char *json = NULL;
   for (int i = 1; i < argc; i++) {

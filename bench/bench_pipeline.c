@@ -33,6 +33,7 @@
 #include "io/safetensors.h"
 #include "pipeline/unet_pipeline.h"
 #include "tensor/ops.h"
+#include "tensor/blas_setup.h"
 
 typedef struct stage {
   const char *name;
@@ -299,6 +300,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+  sd_blas_select_kernels(argv);
   const char *model = NULL, *arch = "sd15", *json = NULL;
   const char *tokenizers = "/work/shared/fixtures/tokenizers";
   int steps = -1, size = 0, threads = 2;

@@ -70,6 +70,10 @@ typedef struct sdgen_params {
   int no_t5;                   /* leave T5 out: its part of the prompt is zeros */
   const char *clip_l, *clip_g, *t5; /* separate text encoder files */
   int threads;                 /* 0: physical cores */
+  /* arithmetic of the matrix products: "fp32" (default, exact: matches the
+   * goldens) or "bf16" (fast: bf16 operands, F32 accumulation; needs
+   * AVX512_BF16). NULL: "fp32". */
+  const char *precision;
   int keep_latents;            /* keep the .latents.safetensors file */
   int64_t max_memory;          /* bytes; 0: available memory minus a margin */
   int dry_run;                 /* plan only */

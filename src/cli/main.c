@@ -17,6 +17,7 @@
 #include "cli/commands.h"
 #include "cli/console.h"
 #include "cli/presets.h"
+#include "tensor/blas_setup.h"
 #include "sdgen.h"
 
 #define DEFAULT_MODEL "Lykon/DreamShaper-8"
@@ -114,6 +115,7 @@ typedef struct given {
 } given;
 
 int main(int argc, char **argv) {
+  sd_blas_select_kernels(argv);
   sdgen_params p = sdgen_default_params();
   given g = {0};
   int quiet = 0, verbose = 0;

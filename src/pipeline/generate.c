@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "base/alloc.h"
+#include "base/cpu.h"
 #include "io/checkpoint_map.h"
 #include "io/hub.h"
 #include "io/image.h"
@@ -51,6 +52,20 @@ void sdgen_ctx_free(sdgen_ctx *ctx) { sd_free(ctx); }
 const char *sdgen_last_error(const sdgen_ctx *ctx) { return ctx ? ctx->err.msg : ""; }
 void sdgen_cancel(sdgen_ctx *ctx) { ctx->cancel = 1; }
 
+int sd_parse_precision(const char *name, sd_precision *out, sd_error *err) {
+  *out = SD_PREC_FP32;
+  if (!name || !strcmp(name, "fp32")) return SD_OK;
+  if (!strcmp(name, "bf16")) {
+    if (!sd_precision_supported(SD_PREC_BF16))
+      return sd_fail(err, SD_ERR_UNSUPPORTED,
+                     "--precision bf16 needs a CPU with bf16 dot instructions "
+                     "(AVX512_BF16); this one has: %s", sd_cpu_describe());
+    *out = SD_PREC_BF16;
+    return SD_OK;
+  }
+  return sd_fail(err, SD_ERR_ARG, "unknown precision '%s' (fp32 or bf16)", name);
+}
+
 int sd_validate_params(const sdgen_params *p, sd_error *err) {
   if (!p->prompt) return sd_fail(err, SD_ERR_ARG, "no prompt given");
   if (!p->model) return sd_fail(err, SD_ERR_ARG, "no model given");
@@ -71,6 +86,9 @@ int sd_validate_params(const sdgen_params *p, sd_error *err) {
                    p->sampler);
   if (p->rng && sd_rng_kind_parse(p->rng) < 0)
     return sd_fail(err, SD_ERR_ARG, "unknown generator '%s' (cpu or cuda)", p->rng);
+  sd_precision prec;
+  int rc_prec = sd_parse_precision(p->precision, &prec, err);
+  if (rc_prec) return rc_prec;
   if (p->init_image && !(p->strength > 0.0f && p->strength <= 1.0f))
     return sd_fail(err, SD_ERR_ARG, "strength must be in (0, 1] (got %g)", p->strength);
   if (p->init_image && !sd_is_file(p->init_image))
@@ -292,6 +310,9 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *p, sdgen_result *res) {
   if (rc) return rc;
   if ((rc = sd_prepare_output_dir(p->output_dir, err))) return rc;
   if (p->threads > 0) sd_set_threads(p->threads);
+  sd_precision prec;
+  sd_parse_precision(p->precision, &prec, err); /* validated above */
+  sd_set_precision(prec);
   time_t now = time(NULL);
   struct tm tmv;
   localtime_r(&now, &tmv);

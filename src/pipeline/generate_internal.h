@@ -5,6 +5,7 @@
 #define SDGEN_PIPELINE_GENERATE_INTERNAL_H
 
 #include "base/status.h"
+#include "tensor/ops.h"
 #include "io/image.h"
 #include "io/safetensors_write.h"
 #include "pipeline/monitor.h"
@@ -71,6 +72,9 @@ int gen_open_vae(const char *path, int prefer_fp16, const char *config_dir,
 /* Shared helpers. */
 int gen_progress(int step, int total, void *user); /* sd_step_cb over gen_run */
 int sd_validate_params(const sdgen_params *p, sd_error *err);
+/* "fp32" (or NULL) / "bf16" -> sd_precision; fails for unknown names and
+ * for bf16 on a CPU without it. */
+int sd_parse_precision(const char *name, sd_precision *out, sd_error *err);
 int sd_prepare_output_dir(const char *dir, sd_error *err);
 int sd_write_text_atomic(const char *path, const char *text, sd_error *err);
 /* A path that exists is used as is; otherwise a hub name is resolved

@@ -132,4 +132,19 @@ void sd_timestep_embedding(float *out, const float *t, int n, int dim,
 void sd_set_threads(int n);
 int sd_get_threads(void);
 
+/* Arithmetic of the matrix products (linear, convolution, attention).
+ * SD_PREC_FP32, the default ("exact"): F32 operands and accumulation, the
+ * results the goldens are checked against. SD_PREC_BF16 ("fast"): both
+ * operands rounded to bf16, products accumulated in F32 by the CPU's bf16
+ * dot instructions; norms, softmax and element-wise work stay F32. */
+typedef enum sd_precision { SD_PREC_FP32 = 0, SD_PREC_BF16 = 1 } sd_precision;
+
+/* 1 when this CPU runs `p` natively (bf16: AVX512_BF16). */
+int sd_precision_supported(sd_precision p);
+/* Process-wide; SD_ERR_UNSUPPORTED (setting unchanged) when not supported.
+ * Not to be changed while a kernel runs. */
+int sd_set_precision(sd_precision p);
+sd_precision sd_get_precision(void);
+const char *sd_precision_name(sd_precision p); /* "fp32" / "bf16" */
+
 #endif

@@ -14,7 +14,6 @@
  * weights are converted once per call when they fit the scratch bound, and
  * per panel (per task) otherwise. 1x1 stride-1 unpadded convolutions skip
  * the unfolding: the input already is the (C, H*W) matrix. */
-#include <cblas.h>
 #include <omp.h>
 
 #include "base/alloc.h"
@@ -193,9 +192,8 @@ int sd_conv2d_pad4(float *y, const float *x, int N, int C, int H, int W,
       }
       float *yt = y + (int64_t)n * OC * P + oc0 * P + p0;
       if (b) fill_bias_tile(yt, P, ocn, np, b + oc0);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)ocn,
-                  (int)np, (int)CK, 1.0f, A, (int)CK, B, (int)ldb,
-                  b ? 1.0f : 0.0f, yt, (int)P);
+      sd_gemm_block(0, 0, ocn, np, CK, 1.0f, A, CK, B, ldb, b ? 1.0f : 0.0f,
+                    yt, P);
     }
   }
 done:

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 
 #include "base/alloc.h"
+#include "base/cpu.h"
 #include "base/status.h"
 #include "tensor/convert.h"
 #include "tensor/ops.h"
@@ -66,6 +67,26 @@ void sd_set_threads(int n) {
 
 int sd_get_threads(void) { return sd_threads_internal(); }
 
+static sd_precision g_precision = SD_PREC_FP32;
+
+int sd_precision_supported(sd_precision p) {
+  if (p == SD_PREC_FP32) return 1;
+  if (p == SD_PREC_BF16) return sd_cpu()->avx512_bf16;
+  return 0;
+}
+
+int sd_set_precision(sd_precision p) {
+  if (!sd_precision_supported(p)) return SD_ERR_UNSUPPORTED;
+  g_precision = p;
+  return SD_OK;
+}
+
+sd_precision sd_get_precision(void) { return g_precision; }
+
+const char *sd_precision_name(sd_precision p) {
+  return p == SD_PREC_BF16 ? "bf16" : "fp32";
+}
+
 int sd_threads_internal(void) {
   return g_threads > 0 ? g_threads : omp_get_max_threads();
 }
@@ -101,7 +122,7 @@ void sd_weight_rows_f32(const sd_tensor *w, int64_t r0, int64_t nr,
 /* Rows per BLAS call for tall products (see sd_gemm_parallel). */
 #define GEMM_ROW_BLOCK 256
 
-static void sgemm1(int transA, int transB, int64_t M, int64_t N, int64_t K,
+void sd_gemm_block(int transA, int transB, int64_t M, int64_t N, int64_t K,
                    float alpha, const float *A, int64_t lda, const float *B,
                    int64_t ldb, float beta, float *C, int64_t ldc) {
   cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
@@ -131,12 +152,12 @@ void sd_gemm_parallel(int transA, int transB, int64_t M, int64_t N, int64_t K,
       int64_t s = t * GEMM_ROW_BLOCK;
       int64_t e = s + GEMM_ROW_BLOCK < M ? s + GEMM_ROW_BLOCK : M;
       const float *As = transA ? A + s : A + s * lda;
-      sgemm1(transA, transB, e - s, N, K, alpha, As, lda, B, ldb, beta, C + s * ldc, ldc);
+      sd_gemm_block(transA, transB, e - s, N, K, alpha, As, lda, B, ldb, beta, C + s * ldc, ldc);
     }
     return;
   }
   if (nt == 1) {
-    sgemm1(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    sd_gemm_block(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   int split_rows = M >= 32 * nt || M >= N;
@@ -149,11 +170,11 @@ void sd_gemm_parallel(int transA, int transB, int64_t M, int64_t N, int64_t K,
     int64_t e = s + block < len ? s + block : len;
     if (split_rows) {
       const float *As = transA ? A + s : A + s * lda;
-      sgemm1(transA, transB, e - s, N, K, alpha, As, lda, B, ldb, beta,
+      sd_gemm_block(transA, transB, e - s, N, K, alpha, As, lda, B, ldb, beta,
              C + s * ldc, ldc);
     } else {
       const float *Bs = transB ? B + s * ldb : B + s;
-      sgemm1(transA, transB, M, e - s, K, alpha, A, lda, Bs, ldb, beta, C + s,
+      sd_gemm_block(transA, transB, M, e - s, K, alpha, A, lda, Bs, ldb, beta, C + s,
              ldc);
     }
   }

@@ -39,6 +39,13 @@ void sd_gemm_parallel(int transA, int transB, int64_t M, int64_t N, int64_t K,
                       float alpha, const float *A, int64_t lda, const float *B,
                       int64_t ldb, float beta, float *C, int64_t ldc);
 
+/* One single-threaded row-major GEMM, C = alpha op(A) op(B) + beta C: the
+ * unit every threaded product (sd_gemm_parallel, convolution tiles) is made
+ * of, run on the calling thread in the process's precision (sd_precision). */
+void sd_gemm_block(int transA, int transB, int64_t M, int64_t N, int64_t K,
+                   float alpha, const float *A, int64_t lda, const float *B,
+                   int64_t ldb, float beta, float *C, int64_t ldc);
+
 /* Converts rows [r0, r0+nr) of a 2-D weight view with row length `cols` to
  * F32 (dst packed, nr*cols), in parallel for big panels. */
 void sd_weight_rows_f32(const sd_tensor *w, int64_t r0, int64_t nr,

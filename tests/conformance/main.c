@@ -9,6 +9,7 @@
 
 #include "conformance.h"
 #include "io/json.h"
+#include "tensor/blas_setup.h"
 
 int conf_wants(const conf_ctx *c, const char *id) {
   return !c->filter || strstr(id, c->filter) != NULL;
@@ -94,6 +95,7 @@ static int cmp_str(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
+  sd_blas_select_kernels(argv);
   conf_ctx c = {0};
   if (argc < 2) {
     fprintf(stderr, "usage: conformance FIXTURES_DIR [FILTER]\n");

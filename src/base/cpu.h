@@ -1,0 +1,22 @@
+/* What the CPU can do, detected once at run time.
+ *
+ * One binary runs on every x86-64 (and ARM64) machine: kernels pick their
+ * code path from these flags, never from compile-time -march. */
+#ifndef SDGEN_BASE_CPU_H
+#define SDGEN_BASE_CPU_H
+
+typedef struct sd_cpu_features {
+  int avx2_fma;    /* AVX2 + FMA3 (x86-64-v3) */
+  int avx512;      /* AVX-512 F, BW, DQ, VL, with OS support for ZMM state */
+  int avx512_bf16; /* VDPBF16PS: bf16 pairs dotted into F32 accumulators */
+  int neon;        /* ARM64 Advanced SIMD */
+  int arm_bf16;    /* ARMv8.6 BFMMLA / BFDOT */
+} sd_cpu_features;
+
+/* Flags of the running CPU (detected on first call; thread-safe after). */
+const sd_cpu_features *sd_cpu(void);
+
+/* "avx512 avx512_bf16" style summary for logs and bench JSON; static. */
+const char *sd_cpu_describe(void);
+
+#endif
