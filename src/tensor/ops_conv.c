@@ -77,9 +77,9 @@ static void fill_bias_tile(float *y, int64_t ld, int64_t rows, int64_t np,
   }
 }
 
-int sd_conv2d_pad4(float *y, const float *x, int N, int C, int H, int W,
-                   const sd_tensor *weight, const sd_tensor *bias, int stride,
-                   int pad_top, int pad_bottom, int pad_left, int pad_right) { if (sd_plan_active()) return SD_OK;
+static int conv2d_impl(float *y, const float *x, int N, int C, int H, int W,
+                       const sd_tensor *weight, const sd_tensor *bias, int stride,
+                       int pad_top, int pad_bottom, int pad_left, int pad_right) {
   if (weight->ndim != 4 || weight->shape[1] != C || stride < 1) return SD_ERR_ARG;
   conv_geom g = {C, H, W, (int)weight->shape[2], (int)weight->shape[3], stride,
                  pad_top, pad_left, 0, 0};
@@ -202,6 +202,14 @@ done:
   sd_free(wbuf);
   sd_free(wpanels);
   return rc;
+}
+
+int sd_conv2d_pad4(float *y, const float *x, int N, int C, int H, int W,
+                   const sd_tensor *weight, const sd_tensor *bias, int stride,
+                   int pad_top, int pad_bottom, int pad_left, int pad_right) {
+  if (sd_plan_active()) return SD_OK;
+  return conv2d_impl(y, x, N, C, H, W, weight, bias, stride, pad_top,
+                     pad_bottom, pad_left, pad_right);
 }
 
 int sd_conv2d(float *y, const float *x, int N, int C, int H, int W,
