@@ -8,14 +8,22 @@
  * with --threads 1 this gives stable numbers on a loaded machine.)
  * (--only runs the sections whose name contains WORD: sgemm, conv, linear,
  * attention, memory; the sgemm ceiling is always measured).
+ * On CPUs with AVX512_BF16 the fast mode (sd_set_precision(SD_PREC_BF16)) is
+ * measured too: the VDPBF16PS register peak (independent accumulators, no
+ * memory traffic), the bf16 ceiling (sd_gemm on 2048^3 in that mode,
+ * threaded as every product is) and a bf16 row after each convolution and
+ * linear row, with its share of the bf16 ceiling and its speed-up over the
+ * fp32 row above it.
  * Default 2 threads, the thread count of the reference timings. */
 #include <cblas.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "base/alloc.h"
+#include "base/cpu.h"
 #include "tensor/convert.h"
 #include "tensor/ops.h"
 #include "tensor/blas_setup.h"
@@ -25,6 +33,8 @@ typedef struct bench_row {
   double seconds;
   double gflops; /* 0 for memory-bound kernels */
   double gbytes; /* bytes moved / 1e9 per call, for GB/s */
+  int bf16;      /* fast mode: compared with the bf16 ceiling */
+  int vs;        /* index of the fp32 row it speeds up, or -1 */
 } bench_row;
 
 static clockid_t g_clock = CLOCK_MONOTONIC;
@@ -139,13 +149,73 @@ static int want(const char *section) {
 static bench_row g_rows[64];
 static int g_nrows;
 
-static void add_row(const char *name, double s, double flops, double bytes) {
+static int add_row(const char *name, double s, double flops, double bytes) {
+  if (g_nrows == (int)(sizeof g_rows / sizeof g_rows[0])) return g_nrows - 1;
   bench_row *r = &g_rows[g_nrows++];
   snprintf(r->name, sizeof r->name, "%s", name);
   r->seconds = s;
   r->gflops = flops > 0 ? flops / s * 1e-9 : 0;
   r->gbytes = bytes / 1e9;
+  r->bf16 = 0;
+  r->vs = -1;
+  return g_nrows - 1;
 }
+
+static int g_bf16; /* the fast mode is available on this CPU */
+
+/* Times fn again in the fast mode and adds that row, compared with the fp32
+ * row `fp32_row` (nothing without AVX512_BF16). */
+static void add_bf16_row(int fp32_row, bench_fn fn, void *ctx, int reps,
+                         double flops) {
+  if (!g_bf16) return;
+  sd_set_precision(SD_PREC_BF16);
+  double t = time_best(fn, ctx, reps);
+  sd_set_precision(SD_PREC_FP32);
+  char name[64];
+  snprintf(name, sizeof name, "%.58s bf16", g_rows[fp32_row].name);
+  int i = add_row(name, t, flops, 0);
+  g_rows[i].bf16 = 1;
+  g_rows[i].vs = fp32_row;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* VDPBF16PS throughput of one thread: 24 independent accumulators (more than
+ * latency times issue width), operands in registers; 64 FLOP each. */
+__attribute__((target("avx512f,avx512bf16"))) static double dpbf16_peak_1(void) {
+  __m512 acc[24];
+#pragma GCC unroll 24
+  for (int i = 0; i < 24; i++) acc[i] = _mm512_set1_ps((float)i); /* distinct: no CSE */
+  __m512bh a = (__m512bh)_mm512_set1_epi32(0x3f803f80), b = a;
+  const long iters = 2000000;
+  double t0 = now_s();
+  for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 24
+    for (int i = 0; i < 24; i++) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+    __asm__ volatile("" : "+v"(a)); /* no folding across iterations */
+  }
+  double t = now_s() - t0;
+  __m512 s = acc[0];
+  for (int i = 1; i < 24; i++) s = _mm512_add_ps(s, acc[i]);
+  volatile float sink = _mm512_reduce_add_ps(s);
+  (void)sink;
+  return 64.0 * 24 * iters / t * 1e-9;
+}
+
+/* Sum over the threads of their register peak (best of 3). */
+static double dpbf16_peak(int threads) {
+  double best = 0;
+  for (int r = 0; r < 3; r++) {
+    double total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    total += dpbf16_peak_1();
+    if (total > best) best = total;
+  }
+  return best;
+}
+#else
+static double dpbf16_peak(int threads) { return 0; }
+#endif
 
 int main(int argc, char **argv) {
   sd_blas_select_kernels(argv);
@@ -164,6 +234,7 @@ int main(int argc, char **argv) {
   }
   sd_set_threads(threads);
   int reps = quick ? 1 : 3;
+  g_bf16 = sd_precision_supported(SD_PREC_BF16);
 
   /* Ceiling: cblas_sgemm with BLAS's own threads (then set back to one,
    * as the kernels run it) at large square sizes; sd_gemm for comparison. */
@@ -186,6 +257,23 @@ int main(int argc, char **argv) {
     sd_free(g.a), sd_free(g.b), sd_free(g.c);
   }
 
+  /* bf16 ceiling: the fast mode's sd_gemm on a big square product (row
+   * blocks over the OpenMP threads, each running the bf16 kernel), and the
+   * VDPBF16PS register peak of the same threads. */
+  double bf16_ceiling = 0, bf16_peak = 0;
+  if (g_bf16) {
+    bf16_peak = dpbf16_peak(threads);
+    gemm_ctx g = {2048, rnd(2048 * 2048, 1), rnd(2048 * 2048, 1),
+                  rnd(2048 * 2048, 1)};
+    double f = 2.0 * g.n * g.n * g.n;
+    sd_set_precision(SD_PREC_BF16);
+    double t = time_best(run_gemm, &g, reps);
+    sd_set_precision(SD_PREC_FP32);
+    g_rows[add_row("sd_gemm 2048^3 bf16", t, f, 0)].bf16 = 1;
+    bf16_ceiling = f / t * 1e-9;
+    sd_free(g.a), sd_free(g.b), sd_free(g.c);
+  }
+
   /* Convolutions at the UNet's first level (64x64 latent, 320 channels). */
   for (int k = 0; k < 2 && want("conv"); k++) {
     for (int d = 0; d < 2; d++) {
@@ -198,7 +286,8 @@ int main(int argc, char **argv) {
       char name[64];
       snprintf(name, sizeof name, "conv%dx%d 320->320 64x64 %s", ks, ks,
                sd_dtype_name(dt));
-      add_row(name, t, 2.0 * 320 * 4096 * 320 * ks * ks, 0);
+      double flops = 2.0 * 320 * 4096 * 320 * ks * ks;
+      add_bf16_row(add_row(name, t, flops, 0), run_conv, &c, reps, flops);
       sd_free(c.x), sd_free(c.y);
       sd_tensor_free(c.w), sd_tensor_free(c.b);
     }
@@ -213,7 +302,8 @@ int main(int argc, char **argv) {
     double t = time_best(run_linear, &l, reps);
     char name[64];
     snprintf(name, sizeof name, "linear 4096x320->1280 %s", sd_dtype_name(dt));
-    add_row(name, t, 2.0 * 4096 * 320 * 1280, 0);
+    double flops = 2.0 * 4096 * 320 * 1280;
+    add_bf16_row(add_row(name, t, flops, 0), run_linear, &l, reps, flops);
     sd_free(l.x), sd_free(l.y);
     sd_tensor_free(l.w), sd_tensor_free(l.b);
   }
@@ -256,15 +346,28 @@ int main(int argc, char **argv) {
 
   printf("threads %d, %s time, sgemm ceiling %.1f GFLOP/s\n", threads,
          g_clock == CLOCK_MONOTONIC ? "wall" : "CPU", ceiling);
-  printf("%-32s %10s %10s %8s %8s\n", "kernel", "ms", "GFLOP/s", "%ceil", "GB/s");
+  if (g_bf16)
+    printf("bf16 ceiling %.1f GFLOP/s = %.0f%% of the VDPBF16PS register peak "
+           "%.1f (bf16 rows: %%ceil of the bf16 ceiling)\n",
+           bf16_ceiling, 100.0 * bf16_ceiling / bf16_peak, bf16_peak);
+  else
+    printf("no AVX512_BF16 on this CPU: fast mode not measured\n");
+  printf("%-40s %10s %10s %8s %8s %8s\n", "kernel", "ms", "GFLOP/s", "%ceil",
+         "x fp32", "GB/s");
   for (int i = 0; i < g_nrows; i++) {
     bench_row *r = &g_rows[i];
+    double ceil_r = r->bf16 ? bf16_ceiling : ceiling;
+    char speedup[16] = "";
+    if (r->vs >= 0)
+      snprintf(speedup, sizeof speedup, "%.2fx",
+               g_rows[r->vs].seconds / r->seconds);
     if (r->gflops > 0)
-      printf("%-32s %10.2f %10.1f %7.0f%% %8s\n", r->name, r->seconds * 1e3,
-             r->gflops, 100.0 * r->gflops / ceiling, "");
+      printf("%-40s %10.2f %10.1f %7.0f%% %8s %8s\n", r->name,
+             r->seconds * 1e3, r->gflops, 100.0 * r->gflops / ceil_r, speedup,
+             "");
     else
-      printf("%-32s %10.2f %10s %8s %8.1f\n", r->name, r->seconds * 1e3, "", "",
-             r->gbytes / r->seconds);
+      printf("%-40s %10.2f %10s %8s %8s %8.1f\n", r->name, r->seconds * 1e3,
+             "", "", "", r->gbytes / r->seconds);
   }
   if (json) {
     FILE *f = fopen(json, "w");
@@ -273,16 +376,24 @@ int main(int argc, char **argv) {
       return 1;
     }
     fprintf(f, "{\n  \"threads\": %d,\n  \"clock\": \"%s\",\n"
-               "  \"sgemm_ceiling_gflops\": %.3f,\n  \"kernels\": [\n",
-            threads, g_clock == CLOCK_MONOTONIC ? "wall" : "cpu", ceiling);
+               "  \"sgemm_ceiling_gflops\": %.3f,\n"
+               "  \"bf16_ceiling_gflops\": %.3f,\n"
+               "  \"dpbf16_peak_gflops\": %.3f,\n  \"kernels\": [\n",
+            threads, g_clock == CLOCK_MONOTONIC ? "wall" : "cpu", ceiling,
+            bf16_ceiling, bf16_peak);
     for (int i = 0; i < g_nrows; i++) {
       bench_row *r = &g_rows[i];
+      double ceil_r = r->bf16 ? bf16_ceiling : ceiling;
       fprintf(f, "    {\"name\": \"%s\", \"ms\": %.4f", r->name, r->seconds * 1e3);
       if (r->gflops > 0)
-        fprintf(f, ", \"gflops\": %.3f, \"fraction_of_ceiling\": %.4f", r->gflops,
-                r->gflops / ceiling);
+        fprintf(f, ", \"precision\": \"%s\", \"gflops\": %.3f, "
+                   "\"fraction_of_ceiling\": %.4f",
+                r->bf16 ? "bf16" : "fp32", r->gflops, r->gflops / ceil_r);
       else
         fprintf(f, ", \"gbytes_per_s\": %.3f", r->gbytes / r->seconds);
+      if (r->vs >= 0)
+        fprintf(f, ", \"speedup_vs_fp32\": %.3f",
+                g_rows[r->vs].seconds / r->seconds);
       fprintf(f, "}%s\n", i + 1 < g_nrows ? "," : "");
     }
     fprintf(f, "  ]\n}\n");

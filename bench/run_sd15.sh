@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Full-size SD 1.5 pipeline benchmark on random weights.
 #
-#   bench/run_sd15.sh [BUILD_DIR] [extra bench_pipeline options...]
+#   bench/run_sd15.sh [BUILD_DIR] [extra `generate --bench` options...]
 #
-# Builds make_random_model and bench_pipeline (Release) in BUILD_DIR
+# Builds make_random_model and generate (Release) in BUILD_DIR
 # (default build-bench), writes the SD 1.5 random model once into
 # $SDGEN_BENCH_DIR (default /tmp/sdgen-bench; about 2.1 GB, reused by later
-# runs: delete the folder to regenerate), runs the bench and prints its
-# table. JSON goes to $SDGEN_BENCH_DIR/sd15-<date>.json. The machine's load
+# runs: delete the folder to regenerate), runs `generate --bench` and prints
+# its tables. JSON goes to $SDGEN_BENCH_DIR/sd15-<date>.json. The machine's load
 # average is printed with the numbers: on a shared machine they vary.
 set -euo pipefail
 
@@ -19,7 +19,7 @@ tokenizers="${SDGEN_TOKENIZERS:-${SDGEN_FIXTURES:-$repo/../shared/fixtures}/toke
 arch="${SDGEN_BENCH_ARCH:-sd15}"
 
 cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$build" -j2 --target make_random_model bench_pipeline >/dev/null
+cmake --build "$build" -j2 --target make_random_model generate >/dev/null
 
 mkdir -p "$bench_dir"
 if [ ! -f "$bench_dir/$arch/.complete" ]; then
@@ -36,7 +36,7 @@ fi
 json="$bench_dir/$arch-$(date +%Y%m%d-%H%M%S).json"
 echo "== uptime: $(uptime)"
 echo "== nproc $(nproc), $(awk '/MemTotal/ {printf "%.1f GB RAM", $2/1048576}' /proc/meminfo)"
-"$build/bench_pipeline" --arch "$arch" --model "$bench_dir/$arch" --tokenizers "$tokenizers" \
+"$build/generate" --bench --model "$bench_dir/$arch" --tokenizers "$tokenizers" \
   --json "$json" "$@"
 echo "== uptime after: $(uptime)"
 echo "== JSON: $json"

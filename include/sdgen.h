@@ -19,6 +19,7 @@
 #define SDGEN_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -115,6 +116,18 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *params, sdgen_result *res
  * writes the images as sdgen_generate would. */
 int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *params, const char *latents_file,
                  sdgen_result *result);
+
+/* Benchmark of params->model (UNet family or SD3) at params->width (0: the
+ * model's native size), params->threads and params->precision, in one run:
+ * the sgemm ceilings (F32, and bf16 where the CPU has it), load, prompt
+ * encoding, one denoiser step with CFG (batch 2) after an untimed warm-up
+ * step, and one VAE decode, the step and the decode broken down by op class.
+ * The report goes to `out` (the one place this library prints: the caller
+ * chooses the stream) and ends with the line
+ *   unet step: X s, Y GFLOP/s, Z% of sgemm ceiling
+ * ("mmdit step" for SD3; ", W% of bf16 ceiling" added in bf16 mode).
+ * json_path: also write everything as JSON there (NULL: no file). */
+int sdgen_bench(sdgen_ctx *ctx, const sdgen_params *params, const char *json_path, FILE *out);
 
 /* Message of the last failure on ctx ("" if none). */
 const char *sdgen_last_error(const sdgen_ctx *ctx);

@@ -6,8 +6,11 @@
  *
  * Writes a model with the sizes, config fields and tensor names of the real
  * release: a diffusers folder (DIR/<arch>/: model_index.json, scheduler/,
- * unet/ or transformer/, vae/, text_encoder*) and/or a single file
- * (DIR/<arch>.safetensors, original LDM / sgm / OpenCLIP / MMDiT key names).
+ * unet/ or transformer/, vae/, text_encoder*; SD3.5's transformer and T5
+ * sharded like the releases) and/or a single file (DIR/<arch>.safetensors,
+ * original LDM / sgm / OpenCLIP / MMDiT key names; for SD3.5 Stability's
+ * layout, MMDiT + VAE, with the encoders as DIR/text_encoders/{clip_l,
+ * clip_g,t5xxl_fp16}.safetensors).
  * Tokenizer folders are NOT written: pass the tokenizer files to the
  * generator with --tokenizers (clip/vocab.json, clip/merges.txt, t5/...).
  *
@@ -21,8 +24,9 @@
  *
  * The single file is the inverse of io/checkpoint_map*.c: every tensor is
  * emitted with both its diffusers name and its original key (fused OpenCLIP
- * q/k/v are grouped back into in_proj_*, the OpenCLIP projection is stored
- * transposed, VAE mid attention as 1x1 convs). --verify maps the written
+ * q/k/v are grouped back into in_proj_*, MMDiT q/k/v into qkv, the OpenCLIP
+ * projection is stored transposed, VAE mid attention as 1x1 convs, the
+ * MMDiT's pre-only and final adaLN with their halves swapped). --verify maps the written
  * single file back with the project's mapper and checks every tensor
  * against the folder (names, shapes and bytes when both layouts exist), and
  * loads the models with the project's loaders. */
@@ -40,6 +44,7 @@
 #include "io/checkpoint_map.h"
 #include "io/checkpoint_map_sd3.h"
 #include "io/model_dir.h"
+#include "io/residency.h"
 #include "io/safetensors.h"
 #include "io/safetensors_stream.h"
 #include "models/clip_text.h"
@@ -65,6 +70,10 @@ typedef struct gen_tensor {
   int orig_ndim;        /* shape under the original key (same bytes) */
   int64_t orig_shape[4];
   int transposed;       /* the original stores the 2-D transpose */
+  int swap_halves;      /* the original stores the two dim-0 halves swapped */
+  int identity;         /* folder value is the identity matrix; the single
+                           file keeps the seeded normals (SD3's CLIP-L) */
+  const char *orig2;    /* a second single-file key with the same values */
 } gen_tensor;
 
 typedef struct component {
@@ -74,6 +83,8 @@ typedef struct component {
   gen_tensor *t;
   int n, cap;
   int oom;
+  int64_t max_shard_bytes;  /* folder file split like save_pretrained; 0: one file */
+  const char *single_name;  /* own single file (SD3 encoders), NULL: the main one */
 } component;
 
 #define MAX_COMPONENTS 6
@@ -446,80 +457,108 @@ static void clip_tensors(component *c, const clip_shape *s, const char *pre, int
 #undef HF
 }
 
-/* ---- SD3 / SD3.5 (diffusers names only) ---- */
+/* ---- SD3 / SD3.5 (diffusers names + Stability's MMDiT names) ---- */
 
 typedef struct mmdit_shape {
   int layers, heads, pos_max, dual_layers; /* blocks 0..dual_layers-1 are MMDiT-X */
 } mmdit_shape;
 
-static void mmdit_attention(component *c, const char *dp, const char *const *proj,
-                            const char *out, const char *nq, const char *nk, int64_t D) {
+/* q, k, v share the original key `<op>.qkv` (rows in that order), the output
+ * projection is `<op>.proj`, the RMS norms `<op>.ln_q` / `<op>.ln_k`. */
+static void mmdit_attention(component *c, const char *dp, const char *op,
+                            const char *const *proj, const char *out, const char *nq,
+                            const char *nk, int64_t D) {
   names n;
-  for (int i = 0; i < 3; i++) linear(c, jd(&n, dp, proj[i]), NULL, D, D, 1);
-  if (out) linear(c, jd(&n, dp, out), NULL, D, D, 1);
-  norm(c, jd(&n, dp, nq), NULL, 64, 0);
-  norm(c, jd(&n, dp, nk), NULL, 64, 0);
+  for (int i = 0; i < 3; i++) linear(c, jd(&n, dp, proj[i]), jo(&n, op, "qkv"), D, D, 1);
+  if (out) linear(c, jd(&n, dp, out), jo(&n, op, "proj"), D, D, 1);
+  norm(c, jd(&n, dp, nq), jo(&n, op, "ln_q"), 64, 0);
+  norm(c, jd(&n, dp, nk), jo(&n, op, "ln_k"), 64, 0);
 }
 
-static void mmdit_tensors(component *c, const mmdit_shape *s) {
+/* Stability stores (shift, scale) where diffusers stores (scale, shift): the
+ * last `count` tensors are written with their dim-0 halves swapped. */
+static void mark_swapped(component *c, int count) {
+  for (int i = c->n - count; i >= 0 && i < c->n && !c->oom; i++) c->t[i].swap_halves = 1;
+}
+
+static void mmdit_tensors(component *c, const mmdit_shape *s, const char *pre) {
   const int64_t D = 64 * s->heads, M = s->pos_max;
-  conv(c, "pos_embed.proj", NULL, D, 16, 2);
-  add(c, "pos_embed.pos_embed", NULL, 3, (int64_t[]){1, M * M, D});
-  linear(c, "time_text_embed.timestep_embedder.linear_1", NULL, D, 256, 1);
-  linear(c, "time_text_embed.timestep_embedder.linear_2", NULL, D, D, 1);
-  linear(c, "time_text_embed.text_embedder.linear_1", NULL, D, 2048, 1);
-  linear(c, "time_text_embed.text_embedder.linear_2", NULL, D, D, 1);
-  linear(c, "context_embedder", NULL, D, 4096, 1);
+  char o[224];
+#define O(...) (snprintf(o, sizeof o, __VA_ARGS__), o)
+  conv(c, "pos_embed.proj", O("%sx_embedder.proj", pre), D, 16, 2);
+  add(c, "pos_embed.pos_embed", O("%spos_embed", pre), 3, (int64_t[]){1, M * M, D});
+  linear(c, "time_text_embed.timestep_embedder.linear_1", O("%st_embedder.mlp.0", pre), D, 256, 1);
+  linear(c, "time_text_embed.timestep_embedder.linear_2", O("%st_embedder.mlp.2", pre), D, D, 1);
+  linear(c, "time_text_embed.text_embedder.linear_1", O("%sy_embedder.mlp.0", pre), D, 2048, 1);
+  linear(c, "time_text_embed.text_embedder.linear_2", O("%sy_embedder.mlp.2", pre), D, D, 1);
+  linear(c, "context_embedder", O("%scontext_embedder", pre), D, 4096, 1);
   static const char *const xqkv[] = {"to_q", "to_k", "to_v"};
   static const char *const cqkv[] = {"add_q_proj", "add_k_proj", "add_v_proj"};
   for (int i = 0; i < s->layers; i++) {
-    char p[64], q[96];
+    char p[64], q[96], xo[160], co[160], ao[176];
     names n;
     snprintf(p, sizeof p, "transformer_blocks.%d", i);
+    snprintf(xo, sizeof xo, "%sjoint_blocks.%d.x_block", pre, i);
+    snprintf(co, sizeof co, "%sjoint_blocks.%d.context_block", pre, i);
+    /* the last block's context stream is "pre only": adaLN of 2 chunks, no
+     * attention output projection, no MLP */
     int last = i == s->layers - 1, dual = i < s->dual_layers;
-    linear(c, jd(&n, p, "norm1.linear"), NULL, (dual ? 9 : 6) * D, D, 1);
-    linear(c, jd(&n, p, "norm1_context.linear"), NULL, (last ? 2 : 6) * D, D, 1);
+    linear(c, jd(&n, p, "norm1.linear"), jo(&n, xo, "adaLN_modulation.1"), (dual ? 9 : 6) * D,
+           D, 1);
+    linear(c, jd(&n, p, "norm1_context.linear"), jo(&n, co, "adaLN_modulation.1"),
+           (last ? 2 : 6) * D, D, 1);
+    if (last) mark_swapped(c, 2);
     snprintf(q, sizeof q, "%s.attn", p);
-    mmdit_attention(c, q, xqkv, "to_out.0", "norm_q", "norm_k", D);
-    mmdit_attention(c, q, cqkv, last ? NULL : "to_add_out", "norm_added_q", "norm_added_k", D);
+    snprintf(ao, sizeof ao, "%s.attn", xo);
+    mmdit_attention(c, q, ao, xqkv, "to_out.0", "norm_q", "norm_k", D);
+    snprintf(ao, sizeof ao, "%s.attn", co);
+    mmdit_attention(c, q, ao, cqkv, last ? NULL : "to_add_out", "norm_added_q", "norm_added_k", D);
     if (dual) {
       snprintf(q, sizeof q, "%s.attn2", p);
-      mmdit_attention(c, q, xqkv, "to_out.0", "norm_q", "norm_k", D);
+      snprintf(ao, sizeof ao, "%s.attn2", xo);
+      mmdit_attention(c, q, ao, xqkv, "to_out.0", "norm_q", "norm_k", D);
     }
-    linear(c, jd(&n, p, "ff.net.0.proj"), NULL, 4 * D, D, 1);
-    linear(c, jd(&n, p, "ff.net.2"), NULL, D, 4 * D, 1);
+    linear(c, jd(&n, p, "ff.net.0.proj"), jo(&n, xo, "mlp.fc1"), 4 * D, D, 1);
+    linear(c, jd(&n, p, "ff.net.2"), jo(&n, xo, "mlp.fc2"), D, 4 * D, 1);
     if (!last) {
-      linear(c, jd(&n, p, "ff_context.net.0.proj"), NULL, 4 * D, D, 1);
-      linear(c, jd(&n, p, "ff_context.net.2"), NULL, D, 4 * D, 1);
+      linear(c, jd(&n, p, "ff_context.net.0.proj"), jo(&n, co, "mlp.fc1"), 4 * D, D, 1);
+      linear(c, jd(&n, p, "ff_context.net.2"), jo(&n, co, "mlp.fc2"), D, 4 * D, 1);
     }
   }
-  linear(c, "norm_out.linear", NULL, 2 * D, D, 1);
-  linear(c, "proj_out", NULL, 2 * 2 * 16, D, 1);
+  linear(c, "norm_out.linear", O("%sfinal_layer.adaLN_modulation.1", pre), 2 * D, D, 1);
+  mark_swapped(c, 2);
+  linear(c, "proj_out", O("%sfinal_layer.linear", pre), 2 * 2 * 16, D, 1);
+#undef O
 }
 
-/* T5 v1.1 XXL encoder: d_model 4096, 64 heads x 64, d_ff 10240, 24 blocks. */
+/* T5 v1.1 XXL encoder: d_model 4096, 64 heads x 64, d_ff 10240, 24 blocks.
+ * The separately shipped file keeps these names and also stores the tied
+ * `encoder.embed_tokens.weight` (= shared), which the folder leaves out. */
 static void t5_tensors(component *c) {
   const int64_t D = 4096, F = 10240;
-  linear(c, "shared", NULL, 32128, D, 0);
+  linear(c, "shared", "shared", 32128, D, 0);
+  if (!c->oom) c->t[c->n - 1].orig2 = "encoder.embed_tokens.weight";
   for (int i = 0; i < 24; i++) {
     char p[64];
     names n;
     snprintf(p, sizeof p, "encoder.block.%d", i);
-    norm(c, jd(&n, p, "layer.0.layer_norm"), NULL, D, 0);
+    norm(c, jd(&n, p, "layer.0.layer_norm"), jo(&n, p, "layer.0.layer_norm"), D, 0);
     static const char *const qkvo[] = {"q", "k", "v", "o"};
     for (int k = 0; k < 4; k++) {
       char a[96];
       snprintf(a, sizeof a, "%s.layer.0.SelfAttention.%s", p, qkvo[k]);
-      linear(c, a, NULL, D, D, 0);
+      linear(c, a, a, D, D, 0);
     }
     if (i == 0)
-      linear(c, jd(&n, p, "layer.0.SelfAttention.relative_attention_bias"), NULL, 32, 64, 0);
-    norm(c, jd(&n, p, "layer.1.layer_norm"), NULL, D, 0);
-    linear(c, jd(&n, p, "layer.1.DenseReluDense.wi_0"), NULL, F, D, 0);
-    linear(c, jd(&n, p, "layer.1.DenseReluDense.wi_1"), NULL, F, D, 0);
-    linear(c, jd(&n, p, "layer.1.DenseReluDense.wo"), NULL, D, F, 0);
+      linear(c, jd(&n, p, "layer.0.SelfAttention.relative_attention_bias"),
+             jo(&n, p, "layer.0.SelfAttention.relative_attention_bias"), 32, 64, 0);
+    norm(c, jd(&n, p, "layer.1.layer_norm"), jo(&n, p, "layer.1.layer_norm"), D, 0);
+    static const char *const ff[] = {"layer.1.DenseReluDense.wi_0", "layer.1.DenseReluDense.wi_1"};
+    for (int k = 0; k < 2; k++) linear(c, jd(&n, p, ff[k]), jo(&n, p, ff[k]), F, D, 0);
+    linear(c, jd(&n, p, "layer.1.DenseReluDense.wo"), jo(&n, p, "layer.1.DenseReluDense.wo"), D,
+           F, 0);
   }
-  norm(c, "encoder.final_layer_norm", NULL, D, 0);
+  norm(c, "encoder.final_layer_norm", "encoder.final_layer_norm", D, 0);
 }
 
 /* ---- the architectures ---- */
@@ -575,13 +614,30 @@ static int build_spec(model_spec *m, sd_error *err) {
     static const mmdit_shape medium = {24, 24, 384, 13}, large_shape = {38, 38, 192, 0};
     m->model_index = CFG_SD3_INDEX;
     m->scheduler = CFG_SD3_SCHEDULER;
-    mmdit_tensors(new_component(m, "transformer", UNET_FILE,
-                                large ? CFG_SD35_LARGE_TRANSFORMER : CFG_SD35_MEDIUM_TRANSFORMER),
-                  large ? &large_shape : &medium);
-    vae_tensors(new_component(m, "vae", UNET_FILE, CFG_SD3_VAE), 16, 0, NULL);
-    clip_tensors(new_component(m, "text_encoder", TE_FILE, CFG_CLIP_L_PROJ), &clip_l_proj, NULL, 0);
-    clip_tensors(new_component(m, "text_encoder_2", TE_FILE, CFG_CLIP_BIGG), &big_g, NULL, 0);
-    t5_tensors(new_component(m, "text_encoder_3", TE_FILE, CFG_T5_XXL));
+    /* As in the releases: the transformer in shards of at most 10 GB (Large:
+     * 2 files, Medium: one), T5 in shards of at most 5 GB (2 files); the
+     * single-file layout is Stability's (their sd3.5_large.safetensors is
+     * DIR/<arch>.safetensors here): MMDiT + VAE, the encoders as separate
+     * files under DIR/text_encoders/. */
+    component *tr = new_component(m, "transformer", UNET_FILE,
+                                  large ? CFG_SD35_LARGE_TRANSFORMER : CFG_SD35_MEDIUM_TRANSFORMER);
+    tr->max_shard_bytes = 10000000000LL;
+    mmdit_tensors(tr, large ? &large_shape : &medium, "model.diffusion_model.");
+    vae_tensors(new_component(m, "vae", UNET_FILE, CFG_SD3_VAE), 16, 0, "first_stage_model.");
+    component *te = new_component(m, "text_encoder", TE_FILE, CFG_CLIP_L_PROJ);
+    te->single_name = "text_encoders/clip_l.safetensors";
+    clip_tensors(te, &clip_l_proj, "", 0);
+    /* SD3 uses CLIP-L's pooled output unprojected: the diffusers folder holds
+     * the identity, Stability's clip_l file a projection nobody applies. */
+    for (int i = 0; i < te->n; i++)
+      if (strcmp(te->t[i].name, "text_projection.weight") == 0) te->t[i].identity = 1;
+    component *te2 = new_component(m, "text_encoder_2", TE_FILE, CFG_CLIP_BIGG);
+    te2->single_name = "text_encoders/clip_g.safetensors";
+    clip_tensors(te2, &big_g, "", 0);
+    component *te3 = new_component(m, "text_encoder_3", TE_FILE, CFG_T5_XXL);
+    te3->single_name = "text_encoders/t5xxl_fp16.safetensors";
+    te3->max_shard_bytes = 5000000000LL;
+    t5_tensors(te3);
   } else {
     return sd_fail(err, SD_ERR_ARG, "unknown --arch '%s'", a);
   }
@@ -705,18 +761,26 @@ static void init_normal_table(void) {
 }
 
 /* Writes the values of tensor t of component `dir` into dst (dtype) at
- * element offset `at`. Chunks are independent streams, so threads split
- * them freely and the bytes do not depend on the thread count. */
+ * element offset `at`; `single`: the values under the single-file key (they
+ * differ only for `identity` tensors). Chunks are independent streams, so
+ * threads split them freely and the bytes do not depend on the thread count. */
 static void generate(uint64_t seed, const char *dir, const gen_tensor *t, sd_dtype dtype,
-                     void *dst, int64_t at) {
+                     void *dst, int64_t at, int single) {
   const init_rule r = rule_for(t);
   const int64_t n = numel(t->ndim, t->shape), chunks = (n + CHUNK - 1) / CHUNK;
+  const int64_t cols = t->ndim == 2 ? t->shape[1] : 1;
+  const int identity = t->identity && !single;
   const uint64_t key = fnv1a(fnv1a(fnv1a(0xcbf29ce484222325ULL ^ seed, dir), "/"), t->name);
 #pragma omp parallel for schedule(static)
   for (int64_t ci = 0; ci < chunks; ci++) {
     float v[CHUNK];
     int len = (int)(n - ci * CHUNK < CHUNK ? n - ci * CHUNK : CHUNK);
-    if (r.std == 0) {
+    if (identity) {
+      for (int i = 0; i < len; i++) {
+        int64_t e = ci * CHUNK + i;
+        v[i] = e / cols == e % cols ? 1.0f : 0.0f;
+      }
+    } else if (r.std == 0) {
       for (int i = 0; i < len; i++) v[i] = r.constant;
     } else {
       uint64_t s = key ^ ((uint64_t)ci * 0xd1342543de82ef95ULL);
@@ -739,11 +803,12 @@ static sd_dtype dtype_of(const model_spec *m, const component *c) {
 typedef struct folder_job {
   const model_spec *m;
   const component *c;
+  int first; /* the shard's first tensor */
 } folder_job;
 
 static int fill_folder(void *user, int i, void *dst, size_t nbytes, sd_error *err) {
   const folder_job *j = user;
-  generate(j->m->seed, j->c->dir, &j->c->t[i], dtype_of(j->m, j->c), dst, 0);
+  generate(j->m->seed, j->c->dir, &j->c->t[j->first + i], dtype_of(j->m, j->c), dst, 0, 0);
   return SD_OK;
 }
 
@@ -778,6 +843,92 @@ static int64_t component_params(const component *c) {
   return n;
 }
 
+static int cmp_names(const void *a, const void *b) {
+  return strcmp((*(const sd_stream_tensor *const *)a)->name,
+                (*(const sd_stream_tensor *const *)b)->name);
+}
+
+/* `<file>.index.json` as save_pretrained writes it: total tensor bytes and
+ * the shard of every tensor, names sorted. */
+static int write_shard_index(const char *path, const sd_stream_tensor *st, const int *shard,
+                             int n, int nshards, const char *stem, sd_error *err) {
+  const sd_stream_tensor **order = sd_alloc(sizeof *order * n);
+  if (!order) return sd_fail(err, SD_ERR_OOM, "out of memory");
+  int64_t total = 0;
+  for (int i = 0; i < n; i++) {
+    order[i] = &st[i];
+    total += (int64_t)sd_stream_tensor_nbytes(&st[i]);
+  }
+  qsort(order, n, sizeof *order, cmp_names);
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "wb");
+  int ok = f != NULL;
+  if (ok) ok = fprintf(f, "{\n  \"metadata\": {\n    \"total_size\": %lld\n  },\n"
+                          "  \"weight_map\": {\n", (long long)total) > 0;
+  for (int i = 0; ok && i < n; i++)
+    ok = fprintf(f, "    \"%s\": \"%s-%05d-of-%05d.safetensors\"%s\n", order[i]->name, stem,
+                 shard[order[i] - st] + 1, nshards, i + 1 < n ? "," : "") > 0;
+  if (ok) ok = fputs("  }\n}\n", f) >= 0;
+  if (f && fclose(f) != 0) ok = 0;
+  sd_free(order);
+  if (!ok || rename(tmp, path) != 0) {
+    unlink(tmp);
+    return sd_fail(err, SD_ERR_IO, "cannot write %s", path);
+  }
+  return SD_OK;
+}
+
+/* The weights of one component: one file, or shards cut as save_pretrained
+ * cuts them (in order; a new shard when the next tensor would push the
+ * current one past max_shard_bytes) plus their index. Whichever layout is
+ * written, the other one's files are removed so a rerun leaves no stale
+ * weights for the loader to pick. */
+static int write_component_files(const model_spec *m, const component *c, const char *dir,
+                                 const sd_stream_tensor *st, sd_error *err) {
+  char p[4200], stem[256];
+  snprintf(stem, sizeof stem, "%s", c->file);
+  char *dot = strstr(stem, ".safetensors");
+  if (dot) *dot = '\0';
+  int *shard = sd_calloc(c->n ? c->n : 1, sizeof *shard);
+  if (!shard) return sd_fail(err, SD_ERR_OOM, "out of memory");
+  int nshards = 1;
+  int64_t used = 0;
+  for (int i = 0; i < c->n; i++) {
+    int64_t b = (int64_t)sd_stream_tensor_nbytes(&st[i]);
+    if (c->max_shard_bytes && used > 0 && used + b > c->max_shard_bytes) {
+      nshards++;
+      used = 0;
+    }
+    shard[i] = nshards - 1;
+    used += b;
+  }
+  int rc = SD_OK;
+  char index[4200];
+  snprintf(index, sizeof index, "%s/%s.index.json", dir, c->file);
+  if (nshards == 1) {
+    unlink(index);
+    sd_path_join(p, sizeof p, dir, c->file);
+    folder_job job = {m, c, 0};
+    rc = sd_safetensors_write_stream(p, st, c->n, "{\"format\":\"pt\"}", fill_folder, &job, err);
+  } else {
+    sd_path_join(p, sizeof p, dir, c->file);
+    unlink(p);
+    for (int k = 0, first = 0; k < nshards && !rc; k++) {
+      int end = first;
+      while (end < c->n && shard[end] == k) end++;
+      snprintf(p, sizeof p, "%s/%s-%05d-of-%05d.safetensors", dir, stem, k + 1, nshards);
+      folder_job job = {m, c, first};
+      rc = sd_safetensors_write_stream(p, st + first, end - first, "{\"format\":\"pt\"}",
+                                       fill_folder, &job, err);
+      first = end;
+    }
+    if (!rc) rc = write_shard_index(index, st, shard, c->n, nshards, stem, err);
+  }
+  sd_free(shard);
+  return rc;
+}
+
 static int write_folder(const model_spec *m, const char *root, sd_error *err) {
   char p[4096];
   int rc = make_dir(root, err);
@@ -807,14 +958,12 @@ static int write_folder(const model_spec *m, const char *root, sd_error *err) {
       st[i].ndim = c->t[i].ndim;
       memcpy(st[i].shape, c->t[i].shape, sizeof(int64_t) * 4);
     }
-    sd_path_join(p, sizeof p, dir, c->file);
     double t0 = now_s();
-    folder_job job = {m, c};
-    rc = sd_safetensors_write_stream(p, st, c->n, "{\"format\":\"pt\"}", fill_folder, &job, err);
+    rc = write_component_files(m, c, dir, st, err);
     sd_free(st);
     if (!rc)
-      printf("  %-16s %5d tensors %7.1f M params  %6.1f s  %s\n", c->dir, c->n,
-             component_params(c) / 1e6, now_s() - t0, p);
+      printf("  %-16s %5d tensors %7.1f M params  %6.1f s  %s/\n", c->dir, c->n,
+             component_params(c) / 1e6, now_s() - t0, dir);
   }
   return rc;
 }
@@ -846,7 +995,7 @@ static int fill_single(void *user, int i, void *dst, size_t nbytes, sd_error *er
       sd_free(row);
       return sd_fail(err, SD_ERR_OOM, "out of memory transposing %s", first->name);
     }
-    generate(j->m->seed, c->dir, first, SD_F32, tmp, 0);
+    generate(j->m->seed, c->dir, first, SD_F32, tmp, 0, 1);
     for (int64_t k = 0; k < cols; k++) { /* original row k = diffusers column k */
       for (int64_t r = 0; r < rows; r++) row[r] = tmp[r * cols + k];
       store(dst, dt, k * rows, row, (int)rows);
@@ -858,15 +1007,27 @@ static int fill_single(void *user, int i, void *dst, size_t nbytes, sd_error *er
   int64_t at = 0;
   for (int s = 0; s < e->nsrc; s++) {
     const gen_tensor *t = &c->t[e->src[s]];
-    generate(j->m->seed, c->dir, t, dt, dst, at);
+    generate(j->m->seed, c->dir, t, dt, dst, at, 1);
     at += numel(t->ndim, t->shape);
+  }
+  if (first->swap_halves) { /* in place, through a small buffer */
+    char buf[65536], *a = dst, *b = (char *)dst + nbytes / 2;
+    for (size_t off = 0; off < nbytes / 2; off += sizeof buf) {
+      size_t len = nbytes / 2 - off < sizeof buf ? nbytes / 2 - off : sizeof buf;
+      memcpy(buf, a + off, len);
+      memcpy(a + off, b + off, len);
+      memcpy(b + off, buf, len);
+    }
   }
   return SD_OK;
 }
 
-static int write_single(const model_spec *m, const char *path, sd_error *err) {
+/* The single file `path` with the components whose single_name is `group`
+ * (NULL: the main file). */
+static int write_single(const model_spec *m, const char *group, const char *path,
+                        sd_error *err) {
   int total = 0;
-  for (int ci = 0; ci < m->ncomp; ci++) total += m->comp[ci].n;
+  for (int ci = 0; ci < m->ncomp; ci++) total += 2 * m->comp[ci].n;
   single_entry *e = sd_calloc(total, sizeof *e);
   sd_stream_tensor *st = sd_calloc(total, sizeof *st);
   if (!e || !st) {
@@ -877,6 +1038,8 @@ static int write_single(const model_spec *m, const char *path, sd_error *err) {
   int n = 0;
   for (int ci = 0; ci < m->ncomp; ci++) {
     const component *c = &m->comp[ci];
+    if (group ? !c->single_name || strcmp(c->single_name, group) != 0 : c->single_name != NULL)
+      continue;
     for (int i = 0; i < c->n; i++) {
       const gen_tensor *t = &c->t[i];
       if (!t->orig[0]) continue;
@@ -896,6 +1059,12 @@ static int write_single(const model_spec *m, const char *path, sd_error *err) {
       st[n].ndim = t->orig_ndim;
       memcpy(st[n].shape, t->orig_shape, sizeof(int64_t) * 4);
       n++;
+      if (t->orig2) { /* a tied copy under a second key */
+        e[n] = e[n - 1];
+        st[n] = st[n - 1];
+        st[n].name = t->orig2;
+        n++;
+      }
     }
   }
   double t0 = now_s();
@@ -908,6 +1077,18 @@ static int write_single(const model_spec *m, const char *path, sd_error *err) {
 }
 
 /* ---- --verify ---- */
+
+/* Same bytes; across dtypes (the F32 identity the SD3 mapper puts in place
+ * of CLIP-L's projection), the same values once both are F32. */
+static int same_values(const sd_tensor *a, const sd_tensor *b) {
+  if (sd_tensor_numel(a) != sd_tensor_numel(b)) return 0;
+  if (a->dtype == b->dtype) return memcmp(a->data, b->data, sd_tensor_nbytes(a)) == 0;
+  sd_tensor *fa = sd_tensor_to_f32(a), *fb = sd_tensor_to_f32(b);
+  int same = fa && fb && memcmp(fa->data, fb->data, sd_tensor_nbytes(fa)) == 0;
+  sd_tensor_free(fa);
+  sd_tensor_free(fb);
+  return same;
+}
 
 /* Every generated tensor is in `set` with its shape, and nothing else is;
  * with `ref` (the folder's set of the same component) the bytes match. */
@@ -925,10 +1106,13 @@ static int check_set(const component *c, const sd_weights *set, const sd_weights
       return sd_fail(err, SD_ERR_FORMAT, "%s %s: tensor '%s' missing or misshapen", what,
                      c->dir, g->name);
     const sd_tensor *r = ref ? sd_weights_get(ref, g->name) : NULL;
-    if (ref && (!r || r->dtype != t->dtype ||
-                memcmp(r->data, t->data, sd_tensor_nbytes(t)) != 0))
+    if (ref && (!r || !same_values(r, t)))
       return sd_fail(err, SD_ERR_FORMAT, "%s %s: tensor '%s' differs from the folder's", what,
                      c->dir, g->name);
+    /* the comparison touched mapped pages: hand them back, so verifying a
+     * 27 GB model does not look like a 27 GB process */
+    sd_tensor_release_pages(t);
+    if (r) sd_tensor_release_pages(r);
   }
   return SD_OK;
 }
@@ -1022,30 +1206,92 @@ static int verify_single(const model_spec *m, const char *path, sd_weights *cons
   return rc;
 }
 
+/* Stability's SD3 layout: the main file maps back (sd_sd3_checkpoint_map) to
+ * exactly the folder's transformer and VAE, each separate encoder file
+ * (sd_sd3_map_text_encoder) to the folder's encoder, and every set binds with
+ * its model loader under the config the pipeline derives for a single file. */
+static int verify_single_sd3(const model_spec *m, const char *out, const char *path,
+                             sd_weights *const *folder, sd_error *err) {
+  sd_weights *file = NULL;
+  sd_sd3_components comp;
+  memset(&comp, 0, sizeof comp);
+  int rc = sd_weights_open(&file, path, err);
+  if (!rc) {
+    for (int i = 0; i < sd_weights_count(file) && !rc; i++) {
+      const char *k = sd_weights_name_at(file, i);
+      if (strncmp(k, "model.diffusion_model.", 22) != 0 &&
+          strncmp(k, "first_stage_model.", 18) != 0)
+        rc = sd_fail(err, SD_ERR_FORMAT, "%s: key '%s' under no component prefix", path, k);
+    }
+    if (!rc) rc = sd_sd3_checkpoint_map(file, &comp, err);
+    sd_weights_free(file);
+  }
+  for (int ci = 0; ci < m->ncomp && !rc; ci++) {
+    const component *c = &m->comp[ci];
+    sd_weights *set = NULL;
+    const cJSON *cfg = NULL;
+    cJSON *own_cfg = NULL;
+    if (!c->single_name) {
+      int tr = strcmp(c->dir, "transformer") == 0;
+      set = tr ? comp.transformer : comp.vae;
+      cfg = tr ? comp.transformer_config : comp.vae_config;
+      if (!set) rc = sd_fail(err, SD_ERR_FORMAT, "%s: no %s", path, c->dir);
+      if (!rc) rc = check_set(c, set, folder ? folder[ci] : NULL, "single file", err);
+      if (!rc) rc = load_component(c, set, cfg, err);
+      continue;
+    }
+    char ep[4300];
+    snprintf(ep, sizeof ep, "%s/%s", out, c->single_name);
+    sd_sd3_encoder kind = strcmp(c->dir, "text_encoder") == 0     ? SD_SD3_CLIP_L
+                          : strcmp(c->dir, "text_encoder_2") == 0 ? SD_SD3_CLIP_G
+                                                                   : SD_SD3_T5;
+    rc = sd_weights_open(&file, ep, err);
+    if (!rc) {
+      rc = sd_sd3_map_text_encoder(file, "", kind, &set, err);
+      sd_weights_free(file);
+    }
+    if (!rc) rc = check_set(c, set, folder ? folder[ci] : NULL, "encoder file", err);
+    if (!rc && !(own_cfg = cJSON_Parse(c->config)))
+      rc = sd_fail(err, SD_ERR_OOM, "out of memory");
+    if (!rc) rc = load_component(c, set, own_cfg, err);
+    cJSON_Delete(own_cfg);
+    sd_weights_free(set);
+  }
+  sd_sd3_components_free(&comp);
+  if (!rc)
+    printf("  verified single files (SD 3, Stability layout: %s + %s/text_encoders/): map back "
+           "to exactly the folder's tensors%s; MMDiT, VAE and encoders load\n",
+           path, out, folder ? ", byte for byte" : "");
+  return rc;
+}
+
 /* ---- main ---- */
 
 static void usage(FILE *f) {
   fprintf(f,
           "usage: make_random_model --arch sd15|sdxl|sdxl-refiner|sd35-medium|sd35-large\n"
           "                         --out DIR [--layout folder|single|both]\n"
-          "                         [--dtype f16|bf16|f32] [--seed N] [--verify]\n"
+          "                         [--dtype f16|bf16|f32] [--seed N] [--verify|--verify-only]\n"
           "       make_random_model --arch ARCH --list   (names, shapes, sizes; writes nothing)\n"
           "\n"
           "Writes a random-weight model with the real release's configs, tensor names and\n"
           "sizes: DIR/<arch>/ (diffusers folder) and/or DIR/<arch>.safetensors (single\n"
-          "file, original key names; SD 1.5 / SDXL / refiner only). Tokenizer folders are\n"
+          "file, original key names; SD3.5: Stability's layout, MMDiT + VAE, encoders in\n"
+          "DIR/text_encoders/). Tokenizer folders are\n"
           "not written: give the generator the tokenizer files with --tokenizers DIR\n"
           "(e.g. ../shared/fixtures/tokenizers). SD3.5 transformers are written in BF16\n"
           "as released unless --dtype is given. --verify reloads what was written with\n"
-          "the project's loaders and mapper. Sizes: SD 1.5 2.1 GB, SDXL 6.9 GB,\n"
-          "refiner 6.1 GB, SD3.5 Medium 16.3 GB, Large 27.6 GB (F16 / BF16).\n");
+          "the project's loaders and mapper (--verify-only: checks what an earlier run\n"
+          "wrote, with the same --arch/--layout/--seed/--dtype, writing nothing).\n"
+          "Sizes: SD 1.5 2.1 GB, SDXL 6.9 GB, refiner 6.1 GB, SD3.5 Medium 16.3 GB,\n"
+          "Large 27.6 GB (F16 / BF16).\n");
 }
 
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines show up when piped */
   const char *arch = NULL, *out = NULL, *layout = "folder", *dtype = NULL;
   uint64_t seed = 42;
-  int verify = 0, list = 0;
+  int verify = 0, verify_only = 0, list = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -1053,6 +1299,9 @@ int main(int argc, char **argv) {
       return 0;
     } else if (strcmp(a, "--verify") == 0) {
       verify = 1;
+      continue;
+    } else if (strcmp(a, "--verify-only") == 0) {
+      verify = verify_only = 1;
       continue;
     } else if (strcmp(a, "--list") == 0) {
       list = 1;
@@ -1103,9 +1352,6 @@ int main(int argc, char **argv) {
   init_normal_table();
   int rc = build_spec(&m, &err);
   int is_sd3 = !rc && strcmp(m.comp[0].dir, "transformer") == 0;
-  if (!rc && single && is_sd3)
-    rc = sd_fail(&err, SD_ERR_UNSUPPORTED,
-                 "--layout single is not implemented for SD3.5 (folder only)");
   if (!rc && list) { /* names, shapes and sizes only; nothing is written */
     int64_t total = 0;
     for (int ci = 0; ci < m.ncomp; ci++) {
@@ -1134,11 +1380,24 @@ int main(int argc, char **argv) {
     for (int i = 0; i < m.ncomp; i++) params += component_params(&m.comp[i]);
     printf("%s: %.2f G parameters, seed %llu\n", arch, params / 1e9, (unsigned long long)seed);
   }
-  if (!rc && folder) rc = write_folder(&m, root, &err);
-  if (!rc && single) rc = write_single(&m, file, &err);
+  if (!rc && folder && !verify_only) rc = write_folder(&m, root, &err);
+  if (!rc && single && !verify_only) rc = write_single(&m, NULL, file, &err);
+  for (int ci = 0; ci < m.ncomp && !rc && single && !verify_only; ci++) {
+    const char *name = m.comp[ci].single_name;
+    char p[4400], d[4400];
+    if (!name) continue;
+    snprintf(p, sizeof p, "%s/%s", out, name);
+    snprintf(d, sizeof d, "%s", p);
+    char *slash = strrchr(d, '/');
+    if (slash) *slash = '\0';
+    rc = make_dir(d, &err);
+    if (!rc) rc = write_single(&m, name, p, &err);
+  }
   sd_weights *sets[MAX_COMPONENTS] = {0};
   if (!rc && verify && folder) rc = verify_folder(&m, root, sets, &err);
-  if (!rc && verify && single) rc = verify_single(&m, file, folder ? sets : NULL, &err);
+  if (!rc && verify && single)
+    rc = is_sd3 ? verify_single_sd3(&m, out, file, folder ? sets : NULL, &err)
+                : verify_single(&m, file, folder ? sets : NULL, &err);
   for (int i = 0; i < MAX_COMPONENTS; i++) sd_weights_free(sets[i]);
   free_spec(&m);
   if (rc) {

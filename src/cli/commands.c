@@ -69,3 +69,16 @@ int cmd_decode(const char *latents_file, const sdgen_params *p, console *con) {
   sdgen_ctx_free(ctx);
   return rc ? 1 : 0;
 }
+
+int cmd_bench(const sdgen_params *p, const char *json_path, console *con) {
+  (void)con;
+  sdgen_ctx *ctx;
+  if (sdgen_ctx_new(&ctx)) {
+    fprintf(stderr, "error: out of memory\n");
+    return 1;
+  }
+  int rc = sdgen_bench(ctx, p, json_path, stdout);
+  if (rc) fprintf(stderr, "error: %s\n", sdgen_last_error(ctx));
+  sdgen_ctx_free(ctx);
+  return rc ? 1 : 0;
+}

@@ -9,5 +9,7 @@
 int cmd_list_models(const sdgen_params *p, console *con);
 int cmd_download(const char *model, const sdgen_params *p, console *con);
 int cmd_decode(const char *latents_file, const sdgen_params *p, console *con);
+/* generate --bench: the report on stdout, JSON to json_path when given. */
+int cmd_bench(const sdgen_params *p, const char *json_path, console *con);
 
 #endif

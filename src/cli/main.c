@@ -39,6 +39,8 @@ static void usage(FILE *f) {
           "usage: generate \"PROMPT\" [options]\n"
           "       generate --list-presets | --list-models | --download MODEL\n"
           "       generate --decode LATENTS_FILE [--model M] [--output DIR]\n"
+          "       generate --bench [--model M] [--precision fp32|bf16] [--size PX]\n"
+          "                [--threads N] [--json FILE]\n"
           "\n"
           "model and quality\n"
           "  --model PATH|ORG/NAME   diffusers folder, .safetensors file or hub name\n"
@@ -73,12 +75,19 @@ static void usage(FILE *f) {
           "  --offline               never download (Hugging Face cache only)\n"
           "resources\n"
           "  --threads N             threads (default: all cores)\n"
+          "  --precision fp32|bf16   matrix products in fp32 (default, exact) or bf16\n"
+          "                          (faster; needs a CPU with AVX512_BF16)\n"
           "  --max-memory SIZE       memory budget, e.g. 4G or 600M\n"
           "  --dry-run               print the memory plan and exit\n"
           "  --plan NAME             at least this memory strategy: resident, release,\n"
           "                          slicing, tiling, streaming, sequential (default: the\n"
           "                          fastest that fits)\n"
           "  --quiet | --verbose     fewer / more messages\n"
+          "benchmark\n"
+          "  --bench                 time one denoiser step with CFG and one VAE decode,\n"
+          "                          broken down by op class, against the sgemm ceiling\n"
+          "  --size PX               square image size (same as --width PX --height PX)\n"
+          "  --json FILE             --bench: also write the results as JSON\n"
           "  --version, --help\n",
           preset_names(), style_names());
 }
@@ -120,8 +129,8 @@ int main(int argc, char **argv) {
   given g = {0};
   int quiet = 0, verbose = 0;
   const char *prompt = NULL, *quality = NULL, *style_name = NULL;
-  const char *download = NULL, *decode = NULL;
-  int list_presets = 0, list_models = 0;
+  const char *download = NULL, *decode = NULL, *bench_json = NULL;
+  int list_presets = 0, list_models = 0, bench = 0;
   long long v;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -159,6 +168,23 @@ int main(int argc, char **argv) {
       list_presets = 1;
     } else if (IS("--list-models")) {
       list_models = 1;
+    } else if (IS("--bench")) {
+      bench = 1;
+    } else if (IS("--json")) {
+      NEED_VALUE;
+      bench_json = val;
+    } else if (IS("--precision")) {
+      NEED_VALUE;
+      if (strcmp(val, "fp32") != 0 && strcmp(val, "bf16") != 0) {
+        fprintf(stderr, "error: --precision expects fp32 or bf16, got '%s'\n", val);
+        return 2;
+      }
+      p.precision = val;
+    } else if (IS("--size")) {
+      NEED_VALUE;
+      if (!parse_int(a, val, 8, 16384, &v)) return 2;
+      p.width = p.height = (int)v;
+      g.width = g.height = 1;
     } else if (IS("--download")) {
       NEED_VALUE;
       download = val;
@@ -338,6 +364,14 @@ int main(int argc, char **argv) {
   }
   if (decode) return cmd_decode(decode, &p, &con); /* model: --model or the file's */
   if (!p.model) p.model = DEFAULT_MODEL;
+  if (bench_json && !bench) {
+    fprintf(stderr, "error: --json goes with --bench\n");
+    return 2;
+  }
+  if (bench) {
+    if (prompt) p.prompt = prompt;
+    return cmd_bench(&p, bench_json, &con);
+  }
 
   if (!prompt) {
     fprintf(stderr, "error: no prompt given (usage: generate \"a prompt\" [options])\n");

@@ -377,34 +377,21 @@ static void transient(mem_replay *r, int64_t floats) {
   give(r, floats);
 }
 
-/* Stride-1 "same" conv with bias, as ops_conv.c splits it: a bias copy, one
- * im2col tile per thread, the weight converted once or one panel per
- * thread. */
+/* Stride-1 "same" conv with bias: the kernel reports its own scratch for
+ * the shape (weights assumed stored narrower than F32, which is the most it
+ * takes). */
 static void replay_conv(mem_replay *r, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OC,
                         int k) {
-  int64_t CK = C * k * k, P = H * W, nt = sd_get_threads();
-  int64_t tile = SD_SCRATCH_FLOATS / nt / CK;
-  if (tile < 256) tile = 256;
-  int64_t even = (P + nt - 1) / nt;
-  if (tile > even && even >= 256) tile = even;
-  if (tile > P) tile = P;
-  int64_t ntiles = (P + tile - 1) / tile;
-  int convert_once = OC * CK <= 2 * SD_SCRATCH_FLOATS;
-  int64_t panel_rows = OC;
-  if (!convert_once) {
-    panel_rows = SD_SCRATCH_FLOATS / nt / CK;
-    if (panel_rows < 16) panel_rows = 16;
-  }
-  if (ntiles < nt) {
-    int64_t want = (OC + nt / ntiles - 1) / (nt / ntiles);
-    want = (want + 15) & ~(int64_t)15;
-    if (want < panel_rows) panel_rows = want;
-  }
-  if (panel_rows > OC) panel_rows = OC;
-  int64_t tasks = N * ntiles * ((OC + panel_rows - 1) / panel_rows);
-  if (nt > tasks) nt = tasks;
-  int64_t col = k == 1 ? 0 : CK * tile * nt;
-  transient(r, OC + col + (convert_once ? OC * CK : panel_rows * CK * nt));
+  sd_tensor w = {0};
+  w.dtype = SD_F16;
+  w.ndim = 4;
+  w.shape[0] = OC;
+  w.shape[1] = C;
+  w.shape[2] = k;
+  w.shape[3] = k;
+  int pad = k / 2;
+  transient(r, sd_conv2d_scratch_bytes((int)N, (int)C, (int)H, (int)W, &w, 1, pad, pad, pad,
+                                       pad) / 4);
 }
 
 static void replay_linear(mem_replay *r, int64_t K, int64_t N) {

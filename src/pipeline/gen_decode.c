@@ -1,5 +1,6 @@
 /* sdgen_decode: finishes a generation from the latents file saved before
  * the VAE decode (a decode that failed, a kill, a crash). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,67 @@
 #include "pipeline/generate_internal.h"
 #include "pipeline/unet_pipeline.h"
 #include "tensor/ops.h"
+
+/* ---- NaN/Inf guard ---- */
+
+/* Stages the test hook knows; bit i of `injected` marks stage i poisoned. */
+static const char *const k_guard_stages[] = {"denoise", "decode", "refiner-denoise",
+                                             "refiner-decode"};
+static unsigned injected;
+
+/* SDGEN_INJECT_NAN: poisons the first value of a named stage's output, once
+ * per process, so the rerun path can be tested on any CPU. */
+static void inject_nan(const char *stage, float *out, int64_t count) {
+  const char *env = getenv("SDGEN_INJECT_NAN");
+  if (!env || count <= 0) return;
+  for (unsigned i = 0; i < sizeof k_guard_stages / sizeof *k_guard_stages; i++) {
+    size_t len = strlen(k_guard_stages[i]);
+    if (strcmp(stage, k_guard_stages[i]) != 0 || (injected & (1u << i))) continue;
+    for (const char *s = env; (s = strstr(s, stage)) != NULL; s += len)
+      if ((s == env || s[-1] == ',') && (s[len] == 0 || s[len] == ',')) {
+        injected |= 1u << i;
+        out[0] = NAN;
+        return;
+      }
+  }
+}
+
+static int has_nonfinite(const float *x, int64_t count) {
+  int bad = 0;
+  for (int64_t i = 0; i < count; i++) bad |= !isfinite(x[i]);
+  return bad;
+}
+
+void gen_guard_begin(gen_guard *g, const char *stage) {
+  g->stage = stage;
+  g->saved = sd_get_precision();
+  g->rerun = 0;
+  g->reran = 0;
+}
+
+int gen_guard_check(gen_run *r, gen_guard *g, float *out, int64_t count) {
+  g->rerun = 0;
+  inject_nan(g->stage, out, count);
+  if (!has_nonfinite(out, count)) return SD_OK;
+  sd_precision now = sd_get_precision();
+  if (g->reran || now == SD_PREC_FP32) /* the latents of a failed decode stay for --decode */
+    return sd_fail(r->err, SD_ERR_NUMERIC,
+                   "the %s stage produced NaN/Inf values in fp32 (the model or its inputs "
+                   "overflow)%s%s", g->stage, r->latents_path[0] ? "; latents kept in " : "",
+                   r->latents_path);
+  /* The reduced-precision overflow (the known fp16/bf16 VAE case): one
+   * rerun of the stage in full precision. */
+  sd_monitor_recovered(&r->mon, "%s: NaN/Inf in the output under %s; reran the stage in fp32",
+                       g->stage, sd_precision_name(now));
+  sd_set_precision(SD_PREC_FP32);
+  g->rerun = 1;
+  g->reran = 1;
+  return SD_OK;
+}
+
+void gen_guard_end(gen_guard *g) {
+  if (g->reran) sd_set_precision(g->saved);
+}
 
 /* The "model" entry of a safetensors file's __metadata__. */
 static int latents_model(const char *path, char *out, size_t n, sd_error *err) {
@@ -143,7 +205,13 @@ int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *p, const char *latents_file
     goto done;
   }
   memcpy(lat, lt->data, sizeof(float) * n * C * h * w); /* the view may be unaligned */
-  rc = sd_decode_latents(vae, lat, n, h, w, 1, r.images, err);
+  gen_guard g;
+  gen_guard_begin(&g, "decode");
+  do {
+    rc = sd_decode_latents(vae, lat, n, h, w, 1, r.images, err);
+    if (!rc) rc = gen_guard_check(&r, &g, r.images, (int64_t)n * 3 * r.width * r.height);
+  } while (!rc && g.rerun);
+  gen_guard_end(&g);
   sd_free(lat);
   if (rc) goto done;
   r.final = sd_calloc((size_t)n, sizeof(sd_image));

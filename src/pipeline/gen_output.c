@@ -53,6 +53,8 @@ static void a1111_parameters(const gen_run *r, char *buf, size_t n) {
     u += (size_t)snprintf(buf + u, n - u, ", Refiner: %s", base_name(r->refiner_path));
   if (r->upscale_method[0] && u < n)
     u += (size_t)snprintf(buf + u, n - u, ", Upscale: %dx %s", p->upscale, r->upscale_method);
+  if (p->precision && strcmp(p->precision, "fp32") != 0 && u < n)
+    u += (size_t)snprintf(buf + u, n - u, ", Precision: %s", p->precision);
   if (u < n) snprintf(buf + u, n - u, ", Version: sdgen %s", SDGEN_VERSION);
 }
 
@@ -126,6 +128,7 @@ static cJSON *metadata(const gen_run *r, int index, const char *png_name) {
     cJSON_AddNumberToObject(t, "total", sd_monitor_elapsed(&r->mon));
   }
   cJSON_AddNumberToObject(o, "threads", sd_get_threads());
+  cJSON_AddStringToObject(o, "precision", p->precision ? p->precision : "fp32");
   cJSON_AddStringToObject(o, "version", SDGEN_VERSION);
   cJSON *opts = cJSON_AddArrayToObject(o, "optimizations");
   for (int i = 0; opts && i < r->mon.nopt; i++)

@@ -164,10 +164,14 @@ int gen_base_sd3(gen_run *r) {
     }
   }
   r->have_plan = 1;
+  if (rc == SD_ERR_OOM && r->plan.peak > budget) r->refused = 1;
   char text[2048];
   sd_plan_describe(&r->plan, text, sizeof text);
   if (p->on_event) p->on_event(SDGEN_EVENT_PLAN, text, p->user);
   if (rc) goto done;
+  /* the refiner is planned now too: one that cannot fit refuses the run
+   * before any weight is read */
+  if (p->refiner && (rc = gen_plan_refiner(r))) goto done;
   if (r->plan.level > SD_PLAN_RELEASE_TE && r->plan.level > r->min_level) {
     char avail[32], need[32];
     sd_monitor_warn(&r->mon, "Low memory detected (%s budget)",
@@ -220,22 +224,36 @@ int gen_base_sd3(gen_run *r) {
                  p->sampler);
     goto done;
   }
-  /* All images' noise in one draw, as diffusers does for a batch. */
-  sd_rng_randn(rng, lat, per * n);
   r->stage_start = t = sd_now();
-  for (int b = 0; b < n && !rc; b++) {
-    sd_scheduler_free(sched);
-    sched = NULL;
-    if ((rc = sd_scheduler_create(&sched, scfg, SD_SAMPLER_DEFAULT, NULL, r->err)) ||
-        (rc = sd_scheduler_set_timesteps(sched, r->steps, r->err)))
+  /* A rerun after a NaN/Inf output (gen_guard, in fp32) starts again from
+   * the seed, so it draws the same noise. */
+  gen_guard g;
+  gen_guard_begin(&g, "denoise");
+  do {
+    /* All images' noise in one draw, as diffusers does for a batch. */
+    sd_rng_free(rng);
+    rng = sd_rng_new((sd_rng_kind)sd_rng_kind_parse(p->rng ? p->rng : "cpu"), p->seed);
+    if (!rng) {
+      rc = sd_fail(r->err, SD_ERR_OOM, "out of memory");
       break;
-    r->sampler = sd_scheduler_kind(sched);
-    float sigma = sd_scheduler_init_noise_sigma(sched);
-    for (int64_t i = 0; i < per; i++) lat[per * b + i] *= sigma;
-    step_relay relay = {r, b * r->steps, n * r->steps};
-    rc = sd3_denoise(m, sched, lat + per * b, h, w, embeds, pooled, tokens, r->cfg, 0,
-                     relay_progress, &relay, r->err);
-  }
+    }
+    sd_rng_randn(rng, lat, per * n);
+    for (int b = 0; b < n && !rc; b++) {
+      sd_scheduler_free(sched);
+      sched = NULL;
+      if ((rc = sd_scheduler_create(&sched, scfg, SD_SAMPLER_DEFAULT, NULL, r->err)) ||
+          (rc = sd_scheduler_set_timesteps(sched, r->steps, r->err)))
+        break;
+      r->sampler = sd_scheduler_kind(sched);
+      float sigma = sd_scheduler_init_noise_sigma(sched);
+      for (int64_t i = 0; i < per; i++) lat[per * b + i] *= sigma;
+      step_relay relay = {r, b * r->steps, n * r->steps};
+      rc = sd3_denoise(m, sched, lat + per * b, h, w, embeds, pooled, tokens, r->cfg, 0,
+                       relay_progress, &relay, r->err);
+    }
+    if (!rc) rc = gen_guard_check(r, &g, lat, per * n);
+  } while (!rc && g.rerun);
+  gen_guard_end(&g);
   r->t_denoise = sd_now() - t;
   if (rc) goto done;
   sd_monitor_stage(&r->mon, "After generation");
@@ -261,7 +279,13 @@ int gen_base_sd3(gen_run *r) {
   int mode = r->plan.level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
              : r->plan.level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
                                                     : SD_DECODE_BATCH;
-  if ((rc = sd_decode_latents(vae, lat, n, h, w, mode, r->images, r->err))) goto done;
+  gen_guard_begin(&g, "decode");
+  do {
+    rc = sd_decode_latents(vae, lat, n, h, w, mode, r->images, r->err);
+    if (!rc) rc = gen_guard_check(r, &g, r->images, (int64_t)n * 3 * H * W);
+  } while (!rc && g.rerun);
+  gen_guard_end(&g);
+  if (rc) goto done;
   r->t_decode = sd_now() - t;
   sd_monitor_stage(&r->mon, "After decode");
 done:

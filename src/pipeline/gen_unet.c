@@ -26,8 +26,8 @@ static int load_model(gen_run *r, const char *path, sd_unet_model **m) {
 }
 
 /* Conditioning for the prompt, then releases the text encoders. */
-static int encode(gen_run *r, sd_unet_model *m, int n, float cfg, int W, int H,
-                  sd_conditioning *cond) {
+static int encode(gen_run *r, sd_unet_model *m, const sd_plan *pl, int n, float cfg, int W,
+                  int H, sd_conditioning *cond) {
   const sdgen_params *p = r->p;
   double t = sd_now();
   sd_prompt_options po = {.prompt = p->prompt, .negative_prompt = p->negative_prompt, .n = n,
@@ -37,7 +37,7 @@ static int encode(gen_run *r, sd_unet_model *m, int n, float cfg, int W, int H,
   int rc = sd_encode_prompt(m, &po, cond, r->err);
   r->t_encode += sd_now() - t;
   if (rc) return rc;
-  if (r->have_plan && r->plan.level == SD_PLAN_RESIDENT) return SD_OK;
+  if (pl && pl->level == SD_PLAN_RESIDENT) return SD_OK;
   sd_unet_model_drop_text_encoders(m);
   sd_monitor_cleanup(&r->mon, "Releasing text encoders...");
   return SD_OK;
@@ -53,28 +53,38 @@ static int save_latents(gen_run *r, const float *lat, int n, int C, int h, int w
   return sd_write_latents(r->latents_path, &nt, model, r->err);
 }
 
-static int decode(gen_run *r, const sd_vae *vae, const float *lat, int n, int h, int w,
-                  float *img) {
+static int decode_mode(const sd_plan *pl) {
+  int level = pl ? pl->level : SD_PLAN_RELEASE_TE;
+  return level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
+         : level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
+                                        : SD_DECODE_BATCH;
+}
+
+/* The VAE decode under the plan, rerun once in fp32 on a NaN/Inf output. */
+static int decode(gen_run *r, const sd_plan *pl, const char *stage, const sd_vae *vae,
+                  const float *lat, int n, int h, int w, float *img) {
   double t = sd_now();
-  int level = r->have_plan ? r->plan.level : SD_PLAN_RELEASE_TE;
-  int mode = level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
-             : level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
-                                            : SD_DECODE_BATCH;
-  int rc = sd_decode_latents(vae, lat, n, h, w, mode, img, r->err);
+  int64_t total = (int64_t)n * 3 * h * w * sd_vae_downscale(vae) * sd_vae_downscale(vae);
+  gen_guard g;
+  gen_guard_begin(&g, stage);
+  int rc;
+  do {
+    rc = sd_decode_latents(vae, lat, n, h, w, decode_mode(pl), img, r->err);
+    if (!rc) rc = gen_guard_check(r, &g, img, total);
+  } while (!rc && g.rerun);
+  gen_guard_end(&g);
   r->t_decode += sd_now() - t;
-  if (rc) return rc;
-  int64_t total = (int64_t)n * 3 * h * w * 64;
-  int bad = 0;
-  for (int64_t i = 0; i < total; i++) bad |= !isfinite(img[i]);
-  if (bad) sd_monitor_warn(&r->mon, "the decoded image holds NaN/Inf values");
-  return SD_OK;
+  return rc;
 }
 
 /* ---- memory plan ---- */
 
 typedef struct unet_plan_ctx {
   sd_unet_model *m;
-  int n, h, w, guidance, img2img;
+  int n, h, w, guidance;
+  int img2img; /* the stage VAE-encodes an image (init image, refiner image mode) */
+  int handoff; /* the stage continues from handed-off latents (refiner latent mode) */
+  int carried_image; /* the stage starts with r->images alive (refiner image mode) */
   /* plan-mode results reused across levels: UNet by batch (full /
    * sequential), decode by mode, encode by batch; 0 = not measured yet */
   int64_t unet_act[2], dec_act[3], enc_act[2];
@@ -167,7 +177,13 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
   if (level >= SD_PLAN_STREAMING) /* one encoder layer at a time */
     te_resident = (m->te1 ? sd_clip_largest_layer_bytes(m->te1) : 0) +
                   (m->te2 ? sd_clip_largest_layer_bytes(m->te2) : 0);
-  sd_plan_add_stage(p, "encode", te_resident, enc_act + (4 << 20), cond);
+  /* Buffers the stage holds besides the conditioning and the latents: the
+   * refiner's input (image or handed-off latents) from its start; during
+   * the denoise, an img2img stage's input image and noise draw, or the
+   * copy of the handed-off latents an fp32 rerun starts from. */
+  int64_t carried = u->carried_image ? image : u->handoff ? lat : 0;
+  int64_t side = u->img2img ? image + lat : u->handoff ? lat : 0;
+  sd_plan_add_stage(p, "encode", te_resident, enc_act + (4 << 20), cond + carried);
   int64_t held = keep_te ? te : 0;
   int64_t enc_peak = 0, act, dec_act;
   if (u->img2img) {
@@ -175,7 +191,7 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
     if (!u->enc_act[one]) u->enc_act[one] = plan_vae_decode(m->vae, one ? 1 : n, h, w, 0);
     enc_peak = u->enc_act[one];
     if (enc_peak < 0) goto oom;
-    sd_plan_add_stage(p, "vae encode", held + enc, enc_peak + KERNEL_SCRATCH, cond + image + lat);
+    sd_plan_add_stage(p, "vae encode", held + enc, enc_peak + KERNEL_SCRATCH, cond + lat + side);
   }
   int64_t unet_w = level >= SD_PLAN_STREAMING ? sd_unet_largest_block_bytes(m->unet) : unet;
   int Bd = level >= SD_PLAN_SEQUENTIAL ? B / n : B; /* images denoised at once, x2 for CFG */
@@ -185,10 +201,8 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
   act = u->unet_act[seq];
   if (act < 0) goto oom;
   sd_plan_add_stage(p, "denoise", held + unet_w, act + KERNEL_SCRATCH,
-                    cond + lat + 2 * (lat / n) * Bd);
-  int mode = level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
-             : level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
-                                            : SD_DECODE_BATCH;
+                    cond + lat + side + 2 * (lat / n) * Bd);
+  int mode = decode_mode(p);
   if (!u->dec_act[mode]) u->dec_act[mode] = plan_vae_decode(m->vae, n, h, w, mode);
   dec_act = u->dec_act[mode];
   if (dec_act < 0) goto oom;
@@ -199,52 +213,99 @@ oom:
   return sd_fail(err, SD_ERR_OOM, "out of memory while planning");
 }
 
-/* Chooses the plan for this run and reports it; sets r->plan. */
-static int plan_run(gen_run *r, sd_unet_model *m, int n, int h, int w, int guidance) {
-  unet_plan_ctx u = {m, n, h, w, guidance, r->p->init_image != NULL, {0}, {0}, {0}, 0, 0, 0, 0};
+/* Evaluates the levels for model m and chooses one (sd_plan_choose). */
+static int choose_plan(gen_run *r, sd_unet_model *m, unet_plan_ctx *u, int min_level,
+                       sd_plan *out) {
   /* weight sizes are the same at every level: summed once here */
-  u.te_bytes = (m->w_te1 ? (int64_t)sd_weights_total_bytes(m->w_te1) : 0) +
-               (m->w_te2 ? (int64_t)sd_weights_total_bytes(m->w_te2) : 0);
-  u.unet_bytes = (int64_t)sd_weights_total_bytes(m->w_unet);
-  u.dec_bytes = prefix_bytes(m->w_vae, "decoder.") + prefix_bytes(m->w_vae, "post_quant_conv.");
-  u.enc_bytes = prefix_bytes(m->w_vae, "encoder.") + prefix_bytes(m->w_vae, "quant_conv.");
+  u->m = m;
+  u->te_bytes = (m->w_te1 ? (int64_t)sd_weights_total_bytes(m->w_te1) : 0) +
+                (m->w_te2 ? (int64_t)sd_weights_total_bytes(m->w_te2) : 0);
+  u->unet_bytes = (int64_t)sd_weights_total_bytes(m->w_unet);
+  u->dec_bytes = prefix_bytes(m->w_vae, "decoder.") + prefix_bytes(m->w_vae, "post_quant_conv.");
+  u->enc_bytes = prefix_bytes(m->w_vae, "encoder.") + prefix_bytes(m->w_vae, "quant_conv.");
   int64_t budget = r->p->max_memory > 0 ? r->p->max_memory : sd_plan_default_budget();
-  int rc = sd_plan_choose(&r->plan, budget, r->min_level, estimate_unet, &u, r->err);
-  char text[2048];
-  sd_plan_describe(&r->plan, text, sizeof text);
-  if (r->p->on_event) r->p->on_event(SDGEN_EVENT_PLAN, text, r->p->user);
-  r->have_plan = 1;
-  if (rc) return rc;
-  const sd_plan *pl = &r->plan;
-  sd_mem_sample s;
-  sd_mem_probe(&s);
-  if (pl->level > SD_PLAN_RELEASE_TE && pl->level > r->min_level) { /* the budget forced it */
+  int rc = sd_plan_choose(out, budget, min_level, estimate_unet, u, r->err);
+  if (rc == SD_ERR_OOM && out->peak > budget) r->refused = 1;
+  return rc;
+}
+
+/* Reports the chosen plan (low-memory warning, optimizations) and sets
+ * the model's streaming flags. `who` names the stage in the lines. */
+static void apply_plan(gen_run *r, sd_unet_model *m, const sd_plan *pl, int min_level, int n,
+                       const char *who) {
+  if (pl->level > SD_PLAN_RELEASE_TE && pl->level > min_level) { /* the budget forced it */
+    sd_mem_sample s;
+    sd_mem_probe(&s);
     char avail[32], need[32];
     sd_monitor_warn(&r->mon, "Low memory detected (%s available)",
-                    sd_format_size(r->p->max_memory > 0 ? budget : s.sys_available, avail,
+                    sd_format_size(r->p->max_memory > 0 ? pl->budget : s.sys_available, avail,
                                    sizeof avail));
-    sd_monitor_info(&r->mon, "   %s needs %s to run fully resident; using %s instead%s",
+    sd_monitor_info(&r->mon, "   %s%s needs %s to run fully resident; using %s instead%s", who,
                     sd_model_family_name(m->family),
                     sd_format_size(pl->resident_peak, need, sizeof need),
                     sd_plan_level_name(pl->level),
                     pl->level >= SD_PLAN_STREAMING ? " (about 1.1x slower)" : "");
-    if (m->family != SD_MODEL_SD1)
+    if (m->family != SD_MODEL_SD1 && !who[0])
       sd_monitor_info(&r->mon, "   A smaller alternative: --quality fast (SD 1.5, 2.6GB)");
   }
   if (pl->level >= SD_PLAN_RELEASE_TE)
-    sd_monitor_optimization(&r->mon, "Release text encoders after encoding");
-  sd_monitor_optimization(&r->mon, "Enabled attention slicing (flash-style key chunks)");
-  if (pl->level >= SD_PLAN_VAE_SLICING) sd_monitor_optimization(&r->mon, "Enabled VAE slicing");
-  if (pl->level >= SD_PLAN_VAE_TILING) sd_monitor_optimization(&r->mon, "Enabled VAE tiling");
+    sd_monitor_optimization(&r->mon, "%sRelease text encoders after encoding", who);
+  sd_monitor_optimization(&r->mon, "%sEnabled attention slicing (flash-style key chunks)", who);
+  if (pl->level >= SD_PLAN_VAE_SLICING)
+    sd_monitor_optimization(&r->mon, "%sEnabled VAE slicing", who);
+  if (pl->level >= SD_PLAN_VAE_TILING)
+    sd_monitor_optimization(&r->mon, "%sEnabled VAE tiling", who);
   if (pl->level >= SD_PLAN_STREAMING) {
-    sd_monitor_optimization(&r->mon, "Enabled weight streaming (one UNet block resident)");
+    sd_monitor_optimization(&r->mon, "%sEnabled weight streaming (one UNet block resident)", who);
     sd_unet_set_weight_streaming(m->unet, 1);
     if (m->te1) m->te1->stream_weights = 1;
     if (m->te2) m->te2->stream_weights = 1;
   }
   if (pl->level >= SD_PLAN_SEQUENTIAL && n > 1)
-    sd_monitor_optimization(&r->mon, "Denoising the %d images one at a time", n);
+    sd_monitor_optimization(&r->mon, "%sDenoising the %d images one at a time", who, n);
+}
+
+static void emit_plan(gen_run *r, const sd_plan *pl, const char *prefix) {
+  char text[2048];
+  size_t u = (size_t)snprintf(text, sizeof text, "%s", prefix);
+  sd_plan_describe(pl, text + u, sizeof text - u);
+  if (r->p->on_event) r->p->on_event(SDGEN_EVENT_PLAN, text, r->p->user);
+}
+
+/* Chooses the plan for this run and reports it; sets r->plan. */
+static int plan_run(gen_run *r, sd_unet_model *m, int n, int h, int w, int guidance) {
+  unet_plan_ctx u = {.n = n, .h = h, .w = w, .guidance = guidance,
+                     .img2img = r->p->init_image != NULL};
+  int rc = choose_plan(r, m, &u, r->min_level, &r->plan);
+  emit_plan(r, &r->plan, "");
+  r->have_plan = 1;
+  if (rc) return rc;
+  apply_plan(r, m, &r->plan, r->min_level, n, "");
   return SD_OK;
+}
+
+static float refiner_cfg(const sdgen_params *p, const sd_unet_model *m) {
+  return p->cfg >= 0 ? p->cfg : (m->family == SD_MODEL_SD1 ? 7.5f : 5.0f);
+}
+
+int gen_plan_refiner(gen_run *r) {
+  const sdgen_params *p = r->p;
+  sd_unet_model *m = NULL;
+  sd_load_options lo = {.path = r->refiner_path, .tokenizers_dir = p->tokenizers_dir,
+                        .prefer_fp16 = p->prefer_fp16};
+  int rc = sd_unet_model_load(&m, &lo, r->err); /* maps the weights, reads none */
+  if (rc) return rc;
+  int f = sd_vae_downscale(m->vae), latent_mode = p->refiner_switch > 0;
+  unet_plan_ctx u = {.n = r->n, .h = r->height / f, .w = r->width / f,
+                     .guidance = refiner_cfg(p, m) > 1.0f, .img2img = !latent_mode,
+                     .handoff = latent_mode, .carried_image = !latent_mode};
+  /* --plan applies to the refiner too; recovery raises only the base's level */
+  rc = choose_plan(r, m, &u, p->min_plan, &r->refiner_plan);
+  emit_plan(r, &r->refiner_plan, "Refiner ");
+  r->have_refiner_plan = !rc;
+  r->plan.refiner = rc ? NULL : &r->refiner_plan;
+  sd_unet_model_free(m);
+  return rc;
 }
 
 /* The batch one image at a time: image i gets rows [negative i, positive i]
@@ -284,13 +345,75 @@ static int denoise_sequential(gen_run *r, const sd_unet_model *m, sd_scheduler *
   return rc;
 }
 
+/* Where a denoise starts: pure noise (txt2img), an image to VAE-encode and
+ * noise to `begin` (img2img, refiner image mode), or latents handed off by
+ * the base (refiner latent mode). */
+typedef struct denoise_input {
+  const float *image; /* (n, 3, H, W) in [-1, 1], or NULL */
+  const float *start; /* (n, C, h, w) hand-off latents, or NULL */
+  float *noise;       /* scratch for the add_noise draw (with image) */
+  int sequential;     /* the plan's one-image-at-a-time batch */
+} denoise_input;
+
+static int start_latents(gen_run *r, const sd_unet_model *m, sd_scheduler *sched, int begin,
+                         const denoise_input *in, sd_rng *rng, float *lat, int n, int h,
+                         int w) {
+  int C = sd_unet_get_config(m->unet)->in_channels, f = sd_vae_downscale(m->vae);
+  int64_t N = (int64_t)n * C * h * w;
+  if (in->start) {
+    memcpy(lat, in->start, sizeof(float) * N);
+  } else if (in->image) {
+    int rc = sd_encode_image(m->vae, in->image, n, h * f, w * f, rng, lat, r->err);
+    if (rc) return rc;
+    sd_rng_randn(rng, in->noise, N);
+    sd_scheduler_add_noise(sched, begin, lat, in->noise, N);
+  } else {
+    sd_rng_randn(rng, lat, N);
+    float sigma = sd_scheduler_init_noise_sigma(sched);
+    for (int64_t i = 0; i < N; i++) lat[i] *= sigma;
+  }
+  return SD_OK;
+}
+
+/* The starting latents and the denoise loop, everything drawn from the
+ * seed, so that the fp32 rerun after a NaN/Inf output (gen_guard) repeats
+ * exactly the same draws. Output in lat (n, C, h, w). */
+static int denoise_stage(gen_run *r, const sd_unet_model *m, sd_scheduler *sched,
+                         const sd_conditioning *cond, const sd_denoise_options *o, int steps,
+                         const denoise_input *in, float *lat, int n, int h, int w,
+                         const char *stage) {
+  const sdgen_params *p = r->p;
+  int64_t N = (int64_t)n * sd_unet_get_config(m->unet)->in_channels * h * w;
+  gen_guard g;
+  gen_guard_begin(&g, stage);
+  int rc;
+  do {
+    sd_rng *rng = sd_rng_new((sd_rng_kind)sd_rng_kind_parse(p->rng ? p->rng : "cpu"), p->seed);
+    if (!rng) {
+      rc = sd_fail(r->err, SD_ERR_OOM, "out of memory");
+      break;
+    }
+    /* a rerun restarts the scheduler's per-run state */
+    rc = g.reran ? sd_scheduler_set_timesteps(sched, steps, r->err) : SD_OK;
+    if (!rc && (in->image || in->start)) sd_scheduler_set_begin_index(sched, o->begin_index);
+    if (!rc) rc = start_latents(r, m, sched, o->begin_index, in, rng, lat, n, h, w);
+    r->stage_start = sd_now();
+    if (!rc)
+      rc = in->sequential ? denoise_sequential(r, m, sched, cond, o, lat, n, h, w, rng)
+                          : sd_denoise(m, sched, cond, o, lat, n, h, w, rng, r->err);
+    sd_rng_free(rng);
+    if (!rc) rc = gen_guard_check(r, &g, lat, N);
+  } while (!rc && g.rerun);
+  gen_guard_end(&g);
+  return rc;
+}
+
 int gen_base_unet(gen_run *r) {
   const sdgen_params *p = r->p;
   sd_unet_model *m = NULL;
   sd_scheduler *sched = NULL;
-  sd_rng *rng = NULL;
   sd_conditioning cond = {0};
-  float *lat = NULL, *init = NULL;
+  float *lat = NULL, *init = NULL, *noise = NULL;
   int rc = load_model(r, r->model_path, &m);
   if (rc) return rc;
   sd_monitor_stage(&r->mon, "After model load");
@@ -314,6 +437,9 @@ int gen_base_unet(gen_run *r) {
     goto done;
   r->sampler = sd_scheduler_kind(sched);
   if ((rc = plan_run(r, m, n, h, w, r->cfg > 1.0f))) goto done;
+  /* Both stages are planned before any weight is read: a refiner that
+   * cannot fit refuses the run here, not after the base has run. */
+  if (p->refiner && (rc = gen_plan_refiner(r))) goto done;
   if (p->dry_run) {
     r->dry_run_done = 1;
     goto done;
@@ -321,64 +447,59 @@ int gen_base_unet(gen_run *r) {
 
   sd_monitor_cleanup(&r->mon, "Cleaning memory before generation...");
   sd_monitor_stage(&r->mon, "Before generation");
-  if ((rc = encode(r, m, n, r->cfg, W, H, &cond))) goto done;
+  if ((rc = encode(r, m, r->have_plan ? &r->plan : NULL, n, r->cfg, W, H, &cond))) goto done;
 
   int64_t N = (int64_t)n * C * h * w;
   lat = sd_alloc(sizeof(float) * N);
-  rng = sd_rng_new((sd_rng_kind)sd_rng_kind_parse(p->rng ? p->rng : "cpu"), p->seed);
-  if (!lat || !rng) goto oom;
+  if (!lat) goto oom;
+  denoise_input in = {.sequential = r->have_plan && r->plan.level >= SD_PLAN_SEQUENTIAL && n > 1};
   int begin = 0;
   if (p->init_image) {
-    sd_image in = {0};
-    if ((rc = sd_image_read(p->init_image, &in, r->err))) goto done;
-    if (in.width != W || in.height != H) {
+    sd_image img = {0};
+    if ((rc = sd_image_read(p->init_image, &img, r->err))) goto done;
+    if (img.width != W || img.height != H) {
       rc = sd_fail(r->err, SD_ERR_ARG,
                    "init image %s is %dx%d but the output is %dx%d (pass --width %d --height %d)",
-                   p->init_image, in.width, in.height, W, H, in.width - in.width % f,
-                   in.height - in.height % f);
-      sd_image_free(&in);
+                   p->init_image, img.width, img.height, W, H, img.width - img.width % f,
+                   img.height - img.height % f);
+      sd_image_free(&img);
       goto done;
     }
     init = sd_alloc(sizeof(float) * n * 3 * H * W);
-    if (!init) {
-      sd_image_free(&in);
+    noise = sd_alloc(sizeof(float) * N);
+    if (!init || !noise) {
+      sd_image_free(&img);
       goto oom;
     }
     for (int b = 0; b < n; b++) {
       float *dst = init + (int64_t)b * 3 * H * W;
       for (int c = 0; c < 3; c++) /* alpha, if any, is ignored */
         for (int64_t i = 0; i < (int64_t)H * W; i++)
-          dst[c * (int64_t)H * W + i] = 2.0f * ((float)in.data[i * in.channels + c] / 255.0f) - 1.0f;
+          dst[c * (int64_t)H * W + i] = 2.0f * ((float)img.data[i * img.channels + c] / 255.0f) - 1.0f;
     }
-    sd_image_free(&in);
-    if ((rc = sd_encode_image(m->vae, init, n, H, W, rng, lat, r->err))) goto done;
+    sd_image_free(&img);
     begin = sd_img2img_begin_index(r->steps, p->strength) * sd_scheduler_order(sched);
     if (begin >= sd_scheduler_num_steps(sched)) {
       rc = sd_fail(r->err, SD_ERR_ARG, "strength %g leaves no denoising step at %d steps",
                    p->strength, r->steps);
       goto done;
     }
-    sd_scheduler_set_begin_index(sched, begin);
-    sd_rng_randn(rng, init, N); /* the add_noise draw (init reused as scratch) */
-    sd_scheduler_add_noise(sched, begin, lat, init, N);
-  } else {
-    sd_rng_randn(rng, lat, N);
-    float sigma = sd_scheduler_init_noise_sigma(sched);
-    for (int64_t i = 0; i < N; i++) lat[i] *= sigma;
+    in.image = init;
+    in.noise = noise;
   }
-  r->stage_start = sd_now();
   sd_denoise_options dopt = {.guidance_scale = r->cfg, .steps = r->steps, .sampler = r->sampler,
                              .begin_index = begin, .on_step = gen_progress, .user = r};
   if (p->refiner_switch > 0) /* the refiner takes over the low-noise end */
     dopt.end_index = sd_denoising_split_index(
         sched, p->refiner_switch, sd_json_int(m->scheduler_config, "num_train_timesteps", 1000));
-  if (r->have_plan && r->plan.level >= SD_PLAN_SEQUENTIAL && n > 1)
-    rc = denoise_sequential(r, m, sched, &cond, &dopt, lat, n, h, w, rng);
-  else
-    rc = sd_denoise(m, sched, &cond, &dopt, lat, n, h, w, rng, r->err);
+  double t0 = sd_now();
+  rc = denoise_stage(r, m, sched, &cond, &dopt, r->steps, &in, lat, n, h, w, "denoise");
   if (rc) goto done;
-  r->t_denoise += sd_now() - r->stage_start;
+  r->t_denoise += sd_now() - t0;
   sd_conditioning_free(&cond);
+  sd_free(init);
+  sd_free(noise);
+  init = noise = NULL;
   sd_monitor_stage(&r->mon, "After generation");
   if (p->refiner_switch > 0) {
     r->handoff = lat; /* latents go to the refiner undecoded */
@@ -394,7 +515,9 @@ int gen_base_unet(gen_run *r) {
   }
   r->images = sd_alloc(sizeof(float) * n * 3 * H * W);
   if (!r->images) goto oom;
-  if ((rc = decode(r, m->vae, lat, n, h, w, r->images))) goto done;
+  if ((rc = decode(r, r->have_plan ? &r->plan : NULL, "decode", m->vae, lat, n, h, w,
+                   r->images)))
+    goto done;
   sd_monitor_stage(&r->mon, "After decode");
   goto done;
 oom:
@@ -402,8 +525,8 @@ oom:
 done:
   sd_free(lat);
   sd_free(init);
+  sd_free(noise);
   sd_conditioning_free(&cond);
-  sd_rng_free(rng);
   sd_scheduler_free(sched);
   sd_unet_model_free(m);
   return rc;
@@ -413,13 +536,13 @@ int gen_refine(gen_run *r) {
   const sdgen_params *p = r->p;
   sd_unet_model *m = NULL;
   sd_scheduler *sched = NULL;
-  sd_rng *rng = NULL;
   sd_conditioning cond = {0};
-  float *lat = NULL, *noise = NULL;
+  float *lat = NULL, *noise = NULL, *start = NULL;
   sd_monitor_cleanup(&r->mon, "Unloading the base pipeline before the refiner...");
   sd_monitor_stage(&r->mon, "Before refiner");
   double t0 = sd_now();
   const char *path = r->refiner_path; /* resolved and checked by precheck() */
+  const sd_plan *pl = r->have_refiner_plan ? &r->refiner_plan : NULL;
   int rc;
   sd_load_options lo = {.path = path, .tokenizers_dir = p->tokenizers_dir,
                         .prefer_fp16 = p->prefer_fp16};
@@ -431,12 +554,18 @@ int gen_refine(gen_run *r) {
   int h = H / f, w = W / f;
   int steps = p->refiner_steps > 0 ? p->refiner_steps : 20;
   float strength = p->refiner_strength > 0 ? p->refiner_strength : 0.3f;
-  float cfg = p->cfg >= 0 ? p->cfg : (m->family == SD_MODEL_SD1 ? 7.5f : 5.0f);
+  float cfg = refiner_cfg(p, m);
   if (latent_mode) steps = r->steps; /* one schedule, split between the two models */
+  if (pl) apply_plan(r, m, pl, p->min_plan, n, "Refiner: ");
   if ((rc = sd_scheduler_create(&sched, m->scheduler_config, SD_SAMPLER_DEFAULT, NULL, r->err)) ||
       (rc = sd_scheduler_set_timesteps(sched, steps, r->err)))
     goto done;
-  if ((rc = encode(r, m, n, cfg, W, H, &cond))) goto done;
+  if ((rc = encode(r, m, pl, n, cfg, W, H, &cond))) goto done;
+  int64_t N = (int64_t)n * C * h * w;
+  lat = sd_alloc(sizeof(float) * N);
+  if (!lat) goto oom;
+  denoise_input in = {0};
+  int begin;
   if (latent_mode) {
     /* diffusers' denoising_start: continue from the base latents at the
      * first timestep below the cutoff, without adding noise. */
@@ -445,68 +574,56 @@ int gen_refine(gen_run *r) {
                    C, r->handoff_channels);
       goto done;
     }
-    int begin = sd_denoising_split_index(
+    begin = sd_denoising_split_index(
         sched, p->refiner_switch, sd_json_int(m->scheduler_config, "num_train_timesteps", 1000));
-    sd_scheduler_set_begin_index(sched, begin);
-    rng = sd_rng_new((sd_rng_kind)sd_rng_kind_parse(p->rng ? p->rng : "cpu"), p->seed);
-    if (!rng) {
-      rc = sd_fail(r->err, SD_ERR_OOM, "out of memory in the refiner");
-      goto done;
-    }
-    lat = r->handoff;
+    start = r->handoff; /* kept until the denoise is final: an fp32 rerun starts from it */
     r->handoff = NULL;
-    r->stage_start = sd_now();
-    sd_denoise_options dopt = {.guidance_scale = cfg, .steps = steps, .begin_index = begin,
-                               .on_step = gen_progress, .user = r};
-    if ((rc = sd_denoise(m, sched, &cond, &dopt, lat, n, h, w, rng, r->err))) goto done;
-    if ((rc = save_latents(r, lat, n, C, h, w, r->refiner_path))) goto done;
-    r->images = sd_alloc(sizeof(float) * n * 3 * H * W);
-    if (!r->images) {
-      rc = sd_fail(r->err, SD_ERR_OOM, "out of memory in the refiner");
+    in.start = start;
+  } else {
+    /* The refiner sees the base image as a PNG holds it: 8-bit quantized. */
+    int64_t img_n = (int64_t)n * 3 * H * W;
+    for (int64_t i = 0; i < img_n; i++) {
+      float v = r->images[i] / 2.0f + 0.5f;
+      v = v < 0 ? 0 : v > 1 ? 1 : v;
+      r->images[i] = 2.0f * (nearbyintf(v * 255.0f) / 255.0f) - 1.0f;
+    }
+    noise = sd_alloc(sizeof(float) * N);
+    if (!noise) goto oom;
+    begin = sd_img2img_begin_index(steps, strength) * sd_scheduler_order(sched);
+    if (begin >= sd_scheduler_num_steps(sched)) {
+      rc = sd_fail(r->err, SD_ERR_ARG, "refiner strength %g leaves no step at %d steps", strength,
+                   steps);
       goto done;
     }
-    if ((rc = decode(r, m->vae, lat, n, h, w, r->images))) goto done;
-    r->t_refine = sd_now() - t0;
-    sd_monitor_stage(&r->mon, "After refiner");
-    goto done;
+    in.image = r->images;
+    in.noise = noise;
   }
-  /* The refiner sees the base image as a PNG holds it: 8-bit quantized. */
-  int64_t img_n = (int64_t)n * 3 * H * W;
-  for (int64_t i = 0; i < img_n; i++) {
-    float v = r->images[i] / 2.0f + 0.5f;
-    v = v < 0 ? 0 : v > 1 ? 1 : v;
-    r->images[i] = 2.0f * (nearbyintf(v * 255.0f) / 255.0f) - 1.0f;
-  }
-  int64_t N = (int64_t)n * C * h * w;
-  lat = sd_alloc(sizeof(float) * N);
-  noise = sd_alloc(sizeof(float) * N);
-  rng = sd_rng_new((sd_rng_kind)sd_rng_kind_parse(p->rng ? p->rng : "cpu"), p->seed);
-  if (!lat || !noise || !rng) {
-    rc = sd_fail(r->err, SD_ERR_OOM, "out of memory in the refiner");
-    goto done;
-  }
-  if ((rc = sd_encode_image(m->vae, r->images, n, H, W, rng, lat, r->err))) goto done;
-  int begin = sd_img2img_begin_index(steps, strength) * sd_scheduler_order(sched);
-  if (begin >= sd_scheduler_num_steps(sched)) {
-    rc = sd_fail(r->err, SD_ERR_ARG, "refiner strength %g leaves no step at %d steps", strength,
-                 steps);
-    goto done;
-  }
-  sd_scheduler_set_begin_index(sched, begin);
-  sd_rng_randn(rng, noise, N);
-  sd_scheduler_add_noise(sched, begin, lat, noise, N);
-  r->stage_start = sd_now();
   sd_denoise_options dopt = {.guidance_scale = cfg, .steps = steps, .begin_index = begin,
                              .on_step = gen_progress, .user = r};
-  if ((rc = sd_denoise(m, sched, &cond, &dopt, lat, n, h, w, rng, r->err))) goto done;
-  if ((rc = decode(r, m->vae, lat, n, h, w, r->images))) goto done;
+  if ((rc = denoise_stage(r, m, sched, &cond, &dopt, steps, &in, lat, n, h, w,
+                          "refiner-denoise")))
+    goto done;
+  sd_conditioning_free(&cond);
+  sd_free(start);
+  sd_free(noise);
+  start = noise = NULL;
+  if ((rc = save_latents(r, lat, n, C, h, w, r->refiner_path))) goto done;
+  if (!pl || pl->level > SD_PLAN_RESIDENT) {
+    sd_weights_release_pages(m->w_unet);
+    sd_monitor_cleanup(&r->mon, "Releasing the refiner UNet weights before the decode...");
+  }
+  if (!r->images && !(r->images = sd_alloc(sizeof(float) * n * 3 * H * W))) goto oom;
+  if ((rc = decode(r, pl, "refiner-decode", m->vae, lat, n, h, w, r->images))) goto done;
   r->t_refine = sd_now() - t0;
   sd_monitor_stage(&r->mon, "After refiner");
+  goto done;
+oom:
+  rc = sd_fail(r->err, SD_ERR_OOM, "out of memory in the refiner");
 done:
   sd_free(lat);
   sd_free(noise);
+  sd_free(start);
   sd_conditioning_free(&cond);
-  sd_rng_free(rng);
   sd_scheduler_free(sched);
   sd_unet_model_free(m);
   return rc;

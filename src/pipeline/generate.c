@@ -225,6 +225,10 @@ static int model_family(const char *path, const char **family, sd_error *err) {
   return SD_OK;
 }
 
+int gen_model_family(const char *path, const char **family, sd_error *err) {
+  return model_family(path, family, err);
+}
+
 /* Checks that need the models' identities but no weights: refiner
  * compatibility and the init image, before anything is loaded. */
 static int precheck(gen_run *r, char *refiner_path, size_t n) {
@@ -328,7 +332,7 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *p, sdgen_result *res) {
     const char *family;
     rc = model_family(r.model_path, &family, err);
     if (!rc) rc = strcmp(family, "sd3") == 0 ? gen_base_sd3(&r) : gen_base_unet(&r);
-    if (rc != SD_ERR_OOM || attempt == 2 || r.dry_run_done || ctx->cancel ||
+    if (rc != SD_ERR_OOM || attempt == 2 || r.dry_run_done || ctx->cancel || r.refused ||
         (r.have_plan && r.plan.level >= SD_PLAN_STREAMING && r.plan.peak > r.plan.budget))
       break;
     int failed_level = r.have_plan ? r.plan.level : SD_PLAN_RELEASE_TE;

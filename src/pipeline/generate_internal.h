@@ -50,6 +50,11 @@ typedef struct gen_run {
   int have_plan;
   int dry_run_done;
   int min_level; /* lowest plan level allowed (raised by recovery) */
+  int refused;   /* a stage's plan did not fit the budget: no retry helps */
+  /* memory plan of the refiner stage, made with the base's (before any
+   * weight is read) and applied when the refiner runs */
+  sd_plan refiner_plan;
+  int have_refiner_plan;
 } gen_run;
 
 /* Stage: the base image(s) from a UNet-family model (SD 1.x/2.x, SDXL). */
@@ -69,7 +74,36 @@ struct sd_vae;
 int gen_open_vae(const char *path, int prefer_fp16, const char *config_dir,
                  struct sd_weights **w, struct sd_vae **vae, sd_error *err);
 
+/* Plans the refiner stage (p->refiner, image or latent hand-off mode) at
+ * r->width x r->height with its weights mapped, not read; sets
+ * r->refiner_plan. Fails (SD_ERR_OOM, r->refused set) when no plan fits. */
+int gen_plan_refiner(gen_run *r);
+
+/* NaN/Inf guard after a stage (issue 3): a stage's output with a
+ * non-finite value reruns the stage once in fp32; a failure in fp32 is
+ * SD_ERR_NUMERIC. Usage:
+ *   gen_guard g; gen_guard_begin(&g, "decode");
+ *   do { rc = run(); if (!rc) rc = gen_guard_check(r, &g, out, count); }
+ *   while (!rc && g.rerun);
+ *   gen_guard_end(&g);
+ * Test hook: SDGEN_INJECT_NAN=stage[,stage...] poisons each named stage's
+ * output once per process ("denoise", "decode", "refiner-denoise",
+ * "refiner-decode"). */
+typedef struct gen_guard {
+  const char *stage;
+  sd_precision saved; /* precision to restore after an fp32 rerun */
+  int rerun;          /* the stage must run again (now in fp32) */
+  int reran;          /* an fp32 rerun has been made */
+} gen_guard;
+void gen_guard_begin(gen_guard *g, const char *stage);
+int gen_guard_check(gen_run *r, gen_guard *g, float *out, int64_t count);
+void gen_guard_end(gen_guard *g);
+
 /* Shared helpers. */
+/* Family of a model on disk, read from model_index.json or the tensor
+ * names (no weights read): "sd1", "sdxl", "sdxl-refiner", "sd3", or ""
+ * when unknown. */
+int gen_model_family(const char *path, const char **family, sd_error *err);
 int gen_progress(int step, int total, void *user); /* sd_step_cb over gen_run */
 int sd_validate_params(const sdgen_params *p, sd_error *err);
 /* "fp32" (or NULL) / "bf16" -> sd_precision; fails for unknown names and

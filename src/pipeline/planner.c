@@ -102,6 +102,10 @@ cJSON *sd_plan_to_json(const sd_plan *p) {
     cJSON_AddNumberToObject(s, "buffers_bytes", (double)p->stage[i].buffers);
     cJSON_AddItemToArray(stages, s);
   }
+  if (p->refiner) {
+    cJSON *ref = sd_plan_to_json(p->refiner);
+    if (ref) cJSON_AddItemToObject(o, "refiner", ref);
+  }
   return o;
 }
 

@@ -49,6 +49,10 @@ typedef struct sd_plan {
   sd_plan_stage stage[SD_PLAN_MAX_STAGES];
   int64_t resident_peak; /* peak of level 0, for the low-memory warning */
   int64_t level_peak[SD_PLAN_LEVELS]; /* predicted peak of every level */
+  /* The refiner's own plan, chosen with this one before any weight is read
+   * (the stages run one after the other, so each fits the budget alone);
+   * NULL when there is no refiner. Serialized under "refiner". */
+  const struct sd_plan *refiner;
 } sd_plan;
 
 /* Stage estimates for one strategy level, supplied by the pipeline. */

@@ -26,6 +26,7 @@
 #include "base/status.h"
 #include "tensor/ops.h"
 #include "tensor/ops_internal.h"
+#include "tensor/profile.h"
 
 #define QB 256
 #define DEFAULT_KV_CHUNK 256
@@ -263,6 +264,9 @@ static void attention_task(float *out, const float *q, const float *k,
 
 int sd_attention(float *out, const float *q, const float *k, const float *v,
                  const sd_attn_args *a) { if (sd_plan_active()) return SD_OK;
+  SD_PROFILE_OP(SD_OPC_ATTENTION,
+                4.0 * a->B * a->heads * (double)a->Lq * a->Lk * a->head_dim,
+                4.0 * a->B * a->heads * a->head_dim * (2.0 * a->Lq + 2.0 * a->Lk));
   if (a->B <= 0 || a->Lq <= 0 || a->heads <= 0 || a->head_dim <= 0)
     return SD_OK;
   if (a->Lk <= 0) return SD_ERR_ARG;

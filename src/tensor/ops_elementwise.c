@@ -10,6 +10,7 @@
 #include "base/alloc.h"
 #include "tensor/ops.h"
 #include "tensor/ops_internal.h"
+#include "tensor/profile.h"
 
 /* Element-wise loops are memory-bound: thread only when worth it. */
 #define PAR_MIN ((int64_t)1 << 16)
@@ -32,7 +33,7 @@ static void silu_range(int64_t s, int64_t e, float *x) {
 #pragma omp simd
   for (int64_t i = s; i < e; i++) x[i] = x[i] / (1.0f + sd_expf_inline(-x[i]));
 }
-void sd_silu(float *x, int64_t n) { if (sd_plan_active()) return; BLOCKED_LOOP(n, silu_range, x); }
+void sd_silu(float *x, int64_t n) { if (sd_plan_active()) return; SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 8.0 * n); BLOCKED_LOOP(n, silu_range, x); }
 
 SD_VEC_CLONES
 static void gelu_range(int64_t s, int64_t e, float *x) {
@@ -42,7 +43,7 @@ static void gelu_range(int64_t s, int64_t e, float *x) {
     x[i] = 0.5f * v * sd_one_plus_erf_inline(v * 0.70710678118654752f);
   }
 }
-void sd_gelu(float *x, int64_t n) { if (sd_plan_active()) return; BLOCKED_LOOP(n, gelu_range, x); }
+void sd_gelu(float *x, int64_t n) { if (sd_plan_active()) return; SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 8.0 * n); BLOCKED_LOOP(n, gelu_range, x); }
 
 SD_VEC_CLONES
 static void gelu_tanh_range(int64_t s, int64_t e, float *x) {
@@ -53,7 +54,7 @@ static void gelu_tanh_range(int64_t s, int64_t e, float *x) {
     x[i] = v / (1.0f + sd_expf_inline(-2.0f * u));
   }
 }
-void sd_gelu_tanh(float *x, int64_t n) { if (sd_plan_active()) return; BLOCKED_LOOP(n, gelu_tanh_range, x); }
+void sd_gelu_tanh(float *x, int64_t n) { if (sd_plan_active()) return; SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 8.0 * n); BLOCKED_LOOP(n, gelu_tanh_range, x); }
 
 SD_VEC_CLONES
 static void quick_gelu_range(int64_t s, int64_t e, float *x) {
@@ -61,14 +62,14 @@ static void quick_gelu_range(int64_t s, int64_t e, float *x) {
   for (int64_t i = s; i < e; i++)
     x[i] = x[i] / (1.0f + sd_expf_inline(-1.702f * x[i]));
 }
-void sd_quick_gelu(float *x, int64_t n) { if (sd_plan_active()) return; BLOCKED_LOOP(n, quick_gelu_range, x); }
+void sd_quick_gelu(float *x, int64_t n) { if (sd_plan_active()) return; SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 8.0 * n); BLOCKED_LOOP(n, quick_gelu_range, x); }
 
 SD_VEC_CLONES
 static void relu_range(int64_t s, int64_t e, float *x) {
 #pragma omp simd
   for (int64_t i = s; i < e; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
-void sd_relu(float *x, int64_t n) { if (sd_plan_active()) return; BLOCKED_LOOP(n, relu_range, x); }
+void sd_relu(float *x, int64_t n) { if (sd_plan_active()) return; SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 8.0 * n); BLOCKED_LOOP(n, relu_range, x); }
 
 SD_VEC_CLONES
 static void leaky_relu_range(int64_t s, int64_t e, float *x, float slope) {
@@ -76,6 +77,7 @@ static void leaky_relu_range(int64_t s, int64_t e, float *x, float slope) {
   for (int64_t i = s; i < e; i++) x[i] = x[i] > 0.0f ? x[i] : x[i] * slope;
 }
 void sd_leaky_relu(float *x, int64_t n, float slope) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 8.0 * n);
   BLOCKED_LOOP(n, leaky_relu_range, x, slope);
 }
 
@@ -86,10 +88,12 @@ static void add_range(int64_t s, int64_t e, float *y, const float *a,
   for (int64_t i = s; i < e; i++) y[i] = a[i] + b[i];
 }
 void sd_add(float *y, const float *a, const float *b, int64_t n) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 12.0 * n);
   BLOCKED_LOOP(n, add_range, y, a, b);
 }
 
 void sd_add_inplace(float *y, const float *x, int64_t n) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 12.0 * n);
   BLOCKED_LOOP(n, add_range, y, y, x);
 }
 
@@ -99,6 +103,7 @@ static void mul_range(int64_t s, int64_t e, float *y, const float *x) {
   for (int64_t i = s; i < e; i++) y[i] *= x[i];
 }
 void sd_mul_inplace(float *y, const float *x, int64_t n) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 12.0 * n);
   BLOCKED_LOOP(n, mul_range, y, x);
 }
 
@@ -107,7 +112,7 @@ static void scale_range(int64_t s, int64_t e, float *x, float f) {
 #pragma omp simd
   for (int64_t i = s; i < e; i++) x[i] *= f;
 }
-void sd_scale(float *x, int64_t n, float s) { if (sd_plan_active()) return; BLOCKED_LOOP(n, scale_range, x, s); }
+void sd_scale(float *x, int64_t n, float s) { if (sd_plan_active()) return; SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 8.0 * n); BLOCKED_LOOP(n, scale_range, x, s); }
 
 SD_VEC_CLONES
 static void axpy_range(int64_t s, int64_t e, float *y, const float *x, float f) {
@@ -115,6 +120,7 @@ static void axpy_range(int64_t s, int64_t e, float *y, const float *x, float f) 
   for (int64_t i = s; i < e; i++) y[i] += f * x[i];
 }
 void sd_axpy(float *y, const float *x, int64_t n, float s) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 12.0 * n);
   BLOCKED_LOOP(n, axpy_range, y, x, s);
 }
 
@@ -125,6 +131,7 @@ static void add_scalar(float *y, int64_t n, float v) {
 }
 
 void sd_add_channel_bias(float *y, const float *v, int N, int C, int64_t inner) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 8.0 * N * C * (double)inner + 4.0 * N * C);
   int64_t rows = (int64_t)N * C;
   int nt = NT(rows * inner);
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -157,15 +164,18 @@ static void transpose_batched(float *y, const float *x, int N, int64_t R,
 }
 
 void sd_nchw_to_nhwc(float *y, const float *x, int N, int C, int64_t HW) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_DATA, 0, 8.0 * N * C * (double)HW);
   transpose_batched(y, x, N, C, HW);
 }
 
 void sd_nhwc_to_nchw(float *y, const float *x, int N, int C, int64_t HW) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_DATA, 0, 8.0 * N * C * (double)HW);
   transpose_batched(y, x, N, HW, C);
 }
 
 void sd_upsample_nearest2x(float *y, const float *x, int N, int C, int H,
                            int W) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_DATA, 0, 20.0 * N * C * (double)H * W);
   int64_t planes = (int64_t)N * C;
   int nt = NT(planes * H * W * 4);
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -183,6 +193,7 @@ void sd_upsample_nearest2x(float *y, const float *x, int N, int C, int H,
 
 void sd_concat_channels(float *y, const float *a, int Ca, const float *b,
                         int Cb, int N, int64_t HW) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_DATA, 0, 8.0 * N * (double)(Ca + Cb) * HW);
   for (int n = 0; n < N; n++) {
     float *yn = y + (int64_t)n * (Ca + Cb) * HW;
     memcpy(yn, a + (int64_t)n * Ca * HW, (size_t)(Ca * HW) * 4);
@@ -198,6 +209,7 @@ void sd_concat_channels(float *y, const float *a, int Ca, const float *b,
 void sd_timestep_embedding(float *out, const float *t, int n, int dim,
                            int flip_sin_to_cos, float downscale_freq_shift,
                            float scale, float max_period) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 4.0 * n + 4.0 * n * (double)dim);
   int half = dim / 2;
   float neg_log = (float)-log((double)max_period);
   float denom = (float)half - downscale_freq_shift;

@@ -2,6 +2,7 @@
 #include "base/alloc.h"
 #include "tensor/ops.h"
 #include "tensor/ops_internal.h"
+#include "tensor/profile.h"
 
 /* dst[i] = val[i] * gelu(gate[i]) (exact erf GELU, as sd_gelu). dst may be
  * val itself. */
@@ -18,6 +19,7 @@ static void geglu_row(float *dst, const float *val, const float *gate,
 
 void sd_geglu(float *y, float *x, int64_t rows, int64_t inner) {
   if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_ELEMENTWISE, 0, 12.0 * rows * (double)inner);
   int nt = rows * inner >= ((int64_t)1 << 15) ? sd_threads_internal() : 1;
   if (y != x) {
 #pragma omp parallel for num_threads(nt) schedule(static)

@@ -20,8 +20,10 @@
 #include "base/cpu.h"
 #include "base/status.h"
 #include "tensor/convert.h"
+#include "tensor/gemm_bf16.h"
 #include "tensor/ops.h"
 #include "tensor/ops_internal.h"
+#include "tensor/profile.h"
 
 static int g_threads;      /* 0 until sd_set_threads: OpenMP's default */
 static int g_blas_single;  /* BLAS pinned to one thread yet? */
@@ -125,6 +127,10 @@ void sd_weight_rows_f32(const sd_tensor *w, int64_t r0, int64_t nr,
 void sd_gemm_block(int transA, int transB, int64_t M, int64_t N, int64_t K,
                    float alpha, const float *A, int64_t lda, const float *B,
                    int64_t ldb, float beta, float *C, int64_t ldc) {
+  if (sd_get_precision() == SD_PREC_BF16) {
+    sd_gemm_bf16(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
               transB ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K,
               alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
@@ -147,7 +153,10 @@ void sd_gemm_parallel(int transA, int transB, int64_t M, int64_t N, int64_t K,
      * or in a batch (OpenBLAS picks other kernels, with other rounding, for
      * other shapes), and results do not change with the number of threads. */
     int64_t nb = (M + GEMM_ROW_BLOCK - 1) / GEMM_ROW_BLOCK;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    /* Dynamic: on a shared machine a preempted thread's blocks go to the
+     * other threads instead of everyone waiting at the barrier. Which thread
+     * computes a block never changes its result. */
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t t = 0; t < nb; t++) {
       int64_t s = t * GEMM_ROW_BLOCK;
       int64_t e = s + GEMM_ROW_BLOCK < M ? s + GEMM_ROW_BLOCK : M;
@@ -183,6 +192,7 @@ void sd_gemm_parallel(int transA, int transB, int64_t M, int64_t N, int64_t K,
 void sd_gemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
              float alpha, const float *A, int64_t lda, const float *B,
              int64_t ldb, float beta, float *C, int64_t ldc) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_GEMM, 2.0 * M * N * K, 4.0 * ((double)M * K + (double)K * N + (double)M * N));
   sd_gemm_parallel(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C,
                    ldc);
 }
@@ -197,6 +207,9 @@ static void fill_rows(float *y, int64_t M, int64_t N, int64_t ldy,
 
 int sd_linear(float *y, const float *x, int64_t M, int64_t K,
               const sd_tensor *W, const sd_tensor *bias) { if (sd_plan_active()) return SD_OK;
+  SD_PROFILE_OP(SD_OPC_GEMM, 2.0 * M * K * W->shape[0],
+                4.0 * M * (double)(K + W->shape[0]) +
+                    (double)sd_tensor_numel(W) * sd_dtype_size(W->dtype));
   int64_t N = W->shape[0];
   if (sd_tensor_numel(W) != N * K) return SD_ERR_ARG;
   if (M <= 0 || N <= 0) return SD_OK;

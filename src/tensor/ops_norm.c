@@ -10,6 +10,7 @@
 #include "base/alloc.h"
 #include "tensor/ops.h"
 #include "tensor/ops_internal.h"
+#include "tensor/profile.h"
 
 #define PARAM_BLOCK 256
 
@@ -126,6 +127,7 @@ static void normalize_row(float *y, const float *x, int64_t dim, double mean,
 void sd_group_norm(float *y, const float *x, int N, int C, int64_t HW,
                    int groups, const sd_tensor *gamma, const sd_tensor *beta,
                    float eps) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_NORM, 0, 8.0 * N * C * (double)HW);
   if (groups <= 0 || C % groups) return;
   int cpg = C / groups;
   int64_t gsize = (int64_t)cpg * HW;
@@ -152,6 +154,7 @@ void sd_group_norm(float *y, const float *x, int N, int C, int64_t HW,
 
 void sd_layer_norm(float *y, const float *x, int64_t rows, int64_t dim,
                    const sd_tensor *gamma, const sd_tensor *beta, float eps) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_NORM, 0, 8.0 * rows * (double)dim);
   float *gown, *bown, glocal[PARAM_LOCAL], blocal[PARAM_LOCAL];
   int failed = 0;
   const float *gf = param_vector(gamma, dim, glocal, &gown, &failed);
@@ -171,6 +174,7 @@ void sd_layer_norm(float *y, const float *x, int64_t rows, int64_t dim,
 
 void sd_rms_norm(float *y, const float *x, int64_t rows, int64_t dim,
                  const sd_tensor *gamma, float eps) { if (sd_plan_active()) return;
+  SD_PROFILE_OP(SD_OPC_NORM, 0, 8.0 * rows * (double)dim);
   float *gown, glocal[PARAM_LOCAL];
   int failed = 0;
   const float *gf = param_vector(gamma, dim, glocal, &gown, &failed);
