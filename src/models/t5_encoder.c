@@ -6,6 +6,7 @@
 
 #include "base/alloc.h"
 #include "io/json.h"
+#include "io/residency.h"
 #include "tensor/ops.h"
 
 int sd_t5_relative_bucket(int relative_position, int num_buckets,
@@ -139,6 +140,34 @@ int sd_t5_load(sd_t5 **out, const sd_weights *w, const cJSON *config,
   return SD_OK;
 }
 
+/* The weights of one layer, in a fixed order; returns the count. */
+static int layer_tensors(const sd_t5_layer *ly, const sd_tensor **t) {
+  const sd_tensor *all[] = {ly->attn_norm, ly->q,    ly->k,    ly->v, ly->o,
+                            ly->ff_norm,   ly->wi_0, ly->wi_1, ly->wo};
+  int n = 0;
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+    if (all[i]) t[n++] = all[i];
+  return n;
+}
+
+int64_t sd_t5_largest_layer_bytes(const sd_t5 *m) {
+  int64_t best = 0;
+  const sd_tensor *t[9];
+  for (int l = 0; l < m->cfg.layers; l++) {
+    int n = layer_tensors(&m->layer[l], t);
+    int64_t b = 0;
+    for (int i = 0; i < n; i++) b += (int64_t)sd_tensor_nbytes(t[i]);
+    if (b > best) best = b;
+  }
+  return best;
+}
+
+int64_t sd_t5_scratch_bytes(const sd_t5_config *c, int B, int L) {
+  int64_t N = (int64_t)B * L, inner = (int64_t)c->heads * c->d_kv;
+  return 4 * (N * c->d_model + 4 * N * inner + 2 * N * c->d_ff +
+              (int64_t)c->heads * L * L + (int64_t)c->num_buckets * c->heads);
+}
+
 void sd_t5_free(sd_t5 *m) {
   if (!m) return;
   sd_free(m->layer);
@@ -221,12 +250,21 @@ int sd_t5_encode(const sd_t5 *m, const int32_t *ids, int B, int L, float *out,
     sd_mul_inplace(g, u, N * c->d_ff);
     if ((rc = sd_linear(h, g, N, c->d_ff, ly->wo, NULL))) break;
     sd_add_inplace(x, h, N * D);
+    if (m->stream_weights) {
+      const sd_tensor *t[9];
+      int n = layer_tensors(ly, t);
+      for (int i = 0; i < n; i++) sd_tensor_release_pages(t[i]);
+    }
   }
   if (rc) {
     rc = sd_fail(err, rc, "T5 encode failed (%s)", sd_status_name(rc));
     goto done;
   }
   sd_rms_norm(x, x, N, D, m->final_norm, c->eps);
+  if (m->stream_weights) {
+    sd_tensor_release_pages(m->embed);
+    sd_tensor_release_pages(m->rel_bias);
+  }
 done:
   sd_free(h);
   sd_free(q);

@@ -48,6 +48,7 @@ typedef struct sd_t5 {
   const sd_tensor *rel_bias;  /* (num_buckets, heads), layer 0's */
   const sd_tensor *final_norm; /* (d_model) */
   sd_t5_layer *layer;         /* [layers] */
+  int stream_weights;         /* drop each layer's weight pages after it ran */
 } sd_t5;
 
 /* Binds the weights of w (which must outlive *out). config may be NULL. */
@@ -60,6 +61,13 @@ const sd_t5_config *sd_t5_get_config(const sd_t5 *m);
  * the vocabulary are an SD_ERR_ARG. */
 int sd_t5_encode(const sd_t5 *m, const int32_t *ids, int B, int L, float *out,
                  sd_error *err);
+
+/* Bytes of the largest layer's weights: what stays resident at a time when
+ * stream_weights is set (the embedding rows read are a few pages). */
+int64_t sd_t5_largest_layer_bytes(const sd_t5 *m);
+
+/* Bytes sd_t5_encode allocates for B x L tokens (the output excluded). */
+int64_t sd_t5_scratch_bytes(const sd_t5_config *c, int B, int L);
 
 /* Relative-position bucket of key position minus query position, as T5's
  * bidirectional _relative_position_bucket (exposed for unit tests). */

@@ -22,7 +22,8 @@
 typedef struct sd3_plan_ctx {
   const sd_mmdit *m;
   const sd_vae *vae;
-  int64_t clip_l, clip_g, t5, transformer, vae_bytes;
+  sd3_encoder_sizes enc[3]; /* CLIP-L, CLIP-G, T5 (zeros when left out) */
+  int64_t transformer, vae_bytes;
   int n, h, w, guidance, no_t5;
 } sd3_plan_ctx;
 
@@ -31,17 +32,6 @@ static int contains_ci(const char *s, const char *word) {
   for (; *s; s++)
     if (strncasecmp(s, word, n) == 0) return 1;
   return 0;
-}
-
-/* Weight bytes of one component (mapping only, nothing read). */
-static int64_t component_bytes(const sd3_pipeline *pp, sd3_component which) {
-  sd_weights *w = NULL;
-  cJSON *cfg = NULL;
-  if (sd3_pipeline_open_component(pp, which, &w, &cfg, NULL)) return 0;
-  int64_t b = (int64_t)sd_weights_total_bytes(w);
-  sd_weights_free(w);
-  cJSON_Delete(cfg);
-  return b;
 }
 
 static int64_t plan_decode(const sd_vae *vae, int n, int h, int w, int mode) {
@@ -68,13 +58,19 @@ static int estimate_sd3(void *user, int level, sd_plan *p, sd_error *err) {
   int64_t cond = 4LL * B * ((int64_t)tokens * J + u->m->cfg.pooled_dim);
   int64_t lat = 4LL * u->n * u->m->cfg.in_channels * u->h * u->w;
   int64_t image = 4LL * u->n * 3 * u->h * f * u->w * f;
-  /* Encoders run one at a time; T5's activations: 256 tokens x d_model. */
-  int64_t enc_act = 16LL * B * tokens * 4096 * 4;
-  int64_t enc = u->clip_l > u->clip_g ? u->clip_l : u->clip_g;
-  if (!u->no_t5 && u->t5 > enc) enc = u->t5;
-  int keep = level == SD_PLAN_RESIDENT;
-  int64_t encoders = u->clip_l + u->clip_g + (u->no_t5 ? 0 : u->t5);
-  sd_plan_add_stage(p, "encode", keep ? encoders : enc, enc_act, cond);
+  /* Encoders run one at a time, each released after use (at the streaming
+   * level only its largest layer is resident at a time); all stay loaded
+   * only in the resident plan. */
+  int keep = level == SD_PLAN_RESIDENT, stream = level >= SD_PLAN_STREAMING;
+  int64_t encoders = 0, enc = 0, enc_act = 0;
+  for (int i = 0; i < 3; i++) {
+    const sd3_encoder_sizes *e = &u->enc[i];
+    int64_t resident = stream ? e->largest_layer : e->weights;
+    encoders += e->weights;
+    if (resident > enc) enc = resident;
+    if (e->activations > enc_act) enc_act = e->activations;
+  }
+  sd_plan_add_stage(p, "encode", keep ? encoders : enc, enc_act + KERNEL_SCRATCH, cond);
   int64_t tw = level >= SD_PLAN_STREAMING ? sd_mmdit_largest_block_bytes(u->m) : u->transformer;
   int64_t act = sd_mmdit_scratch_bytes(&u->m->cfg, B, u->h, u->w, tokens);
   sd_plan_add_stage(p, "denoise", tw + (keep ? encoders : 0), act + KERNEL_SCRATCH,
@@ -145,16 +141,21 @@ int gen_base_sd3(gen_run *r) {
   int no_t5 = p->no_t5;
 
   /* Memory plan. */
-  sd3_plan_ctx u = {m, vae, component_bytes(pp, SD3_CLIP_L), component_bytes(pp, SD3_CLIP_G),
-                    no_t5 ? 0 : component_bytes(pp, SD3_T5), (int64_t)sd_weights_total_bytes(tw),
-                    (int64_t)sd_weights_total_bytes(vw), n, h, w, guidance, no_t5};
+  sd3_plan_ctx u = {.m = m, .vae = vae, .transformer = (int64_t)sd_weights_total_bytes(tw),
+                    .vae_bytes = (int64_t)sd_weights_total_bytes(vw), .n = n, .h = h, .w = w,
+                    .guidance = guidance, .no_t5 = no_t5};
+  for (int i = 0; i < 3 && !rc; i++)
+    if (i != SD3_T5 || !no_t5)
+      rc = sd3_pipeline_encoder_sizes(pp, (sd3_component)i, guidance ? 2 : 1, T5_TOKENS,
+                                      &u.enc[i], r->err);
+  if (rc) goto done;
   int64_t budget = p->max_memory > 0 ? p->max_memory : sd_plan_default_budget();
   rc = sd_plan_choose(&r->plan, budget, r->min_level, estimate_sd3, &u, r->err);
   if (rc == SD_ERR_OOM && !no_t5) {
     /* Dropping T5 is the last resort: its part of the prompt becomes zeros,
      * as diffusers does without text_encoder_3. */
     u.no_t5 = 1;
-    u.t5 = 0;
+    memset(&u.enc[SD3_T5], 0, sizeof u.enc[SD3_T5]);
     sd_error_clear(r->err);
     rc = sd_plan_choose(&r->plan, budget, r->min_level, estimate_sd3, &u, r->err);
     if (!rc) {
@@ -186,6 +187,7 @@ int gen_base_sd3(gen_run *r) {
   if (r->plan.level >= SD_PLAN_VAE_TILING) sd_monitor_optimization(&r->mon, "Enabled VAE tiling");
   if (r->plan.level >= SD_PLAN_STREAMING) {
     sd_monitor_optimization(&r->mon, "Enabled weight streaming (one MMDiT block resident)");
+    sd_monitor_optimization(&r->mon, "Enabled text-encoder weight streaming (one layer resident)");
     sd_mmdit_set_weight_streaming(m, 1);
   }
   if (no_t5) sd_monitor_optimization(&r->mon, "T5 left out (--no-t5)");
@@ -200,6 +202,7 @@ int gen_base_sd3(gen_run *r) {
     if ((rc = sd3_pipeline_open(&pp, &src, r->err))) goto done;
   }
 
+  if (r->plan.level >= SD_PLAN_STREAMING) sd3_pipeline_set_encoder_streaming(pp, 1);
   sd_monitor_cleanup(&r->mon, "Cleaning memory before generation...");
   sd_monitor_stage(&r->mon, "Before generation");
   t = sd_now();

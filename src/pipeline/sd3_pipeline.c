@@ -23,7 +23,12 @@ struct sd3_pipeline {
       t5[PATH_MAX_LEN], tokenizers[PATH_MAX_LEN];
   int single_file;
   sd_sd3_components comp; /* the single file's mapped components */
+  int stream_encoders;    /* encoders drop each layer's pages after it ran */
 };
+
+void sd3_pipeline_set_encoder_streaming(sd3_pipeline *p, int on) {
+  p->stream_encoders = on;
+}
 
 sd3_params sd3_default_params(void) {
   sd3_params p = {0};
@@ -208,6 +213,7 @@ static int encode_clip(const sd3_pipeline *p, int which, const int32_t *ids,
     rc = sd_clip_load(&m, w, "", cfg,
                       which == COMP_CLIP_L ? SD_ACT_QUICK_GELU : SD_ACT_GELU, err);
   if (rc) goto done;
+  m->stream_weights = p->stream_encoders;
   *D = m->cfg.hidden;
   *P = m->cfg.projection_dim ? m->cfg.projection_dim : m->cfg.hidden;
   *pen = sd_alloc((size_t)n * SD3_CLIP_TOKENS * *D * sizeof(float));
@@ -285,6 +291,7 @@ int sd3_encode_prompts(sd3_pipeline *p, const char *const *prompts, int n,
                           max_seq, err);
     if (!rc) rc = open_component(p, COMP_T5, &w, &cfg, err);
     if (!rc) rc = sd_t5_load(&t5m, w, cfg, err);
+    if (!rc) t5m->stream_weights = p->stream_encoders;
     if (!rc && t5m->cfg.d_model != J)
       rc = sd_fail(err, SD_ERR_FORMAT, "T5 width %d differs from the transformer's "
                    "joint_attention_dim %d", t5m->cfg.d_model, J);
@@ -468,5 +475,39 @@ done:
   sd_free(embeds);
   sd_free(pooled);
   sd_free(latents);
+  return rc;
+}
+
+int sd3_pipeline_encoder_sizes(const sd3_pipeline *p, sd3_component which, int B, int L,
+                               sd3_encoder_sizes *out, sd_error *err) {
+  memset(out, 0, sizeof *out);
+  if (which > SD3_T5) return sd_fail(err, SD_ERR_ARG, "not a text encoder");
+  sd_weights *w = NULL;
+  cJSON *cfg = NULL;
+  int rc = open_component(p, (int)which, &w, &cfg, err);
+  if (rc) return rc;
+  out->weights = (int64_t)sd_weights_total_bytes(w);
+  if (which == SD3_T5) {
+    sd_t5 *m = NULL;
+    if (!(rc = sd_t5_load(&m, w, cfg, err))) {
+      out->largest_layer = sd_t5_largest_layer_bytes(m);
+      out->activations = sd_t5_scratch_bytes(&m->cfg, B, L) +
+                         4LL * B * L * m->cfg.d_model; /* the output */
+    }
+    sd_t5_free(m);
+  } else {
+    sd_clip *m = NULL;
+    if (!(rc = sd_clip_load(&m, w, "", cfg, SD_ACT_GELU, err))) {
+      const sd_clip_config *c = &m->cfg;
+      int P = c->projection_dim ? c->projection_dim : c->hidden;
+      out->largest_layer = sd_clip_largest_layer_bytes(m);
+      /* scratch + penultimate states, pooled and projected outputs */
+      out->activations = sd_clip_scratch_bytes(c, B, SD3_CLIP_TOKENS) +
+                         4LL * B * (SD3_CLIP_TOKENS * (int64_t)c->hidden + c->hidden + P);
+    }
+    sd_clip_free(m);
+  }
+  close_component(p, w);
+  cJSON_Delete(cfg);
   return rc;
 }

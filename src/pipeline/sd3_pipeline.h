@@ -95,6 +95,19 @@ typedef enum sd3_component {
 int sd3_pipeline_open_component(const sd3_pipeline *p, sd3_component which,
                                 sd_weights **w, cJSON **cfg, sd_error *err);
 
+/* Text encoders drop each layer's weight pages after it ran (weight
+ * streaming; off by default). */
+void sd3_pipeline_set_encoder_streaming(sd3_pipeline *p, int on);
+
+/* Memory of one text encoder (binding only, nothing read): all its weights,
+ * its largest layer (the resident set when streamed), and the activations
+ * of encoding B prompts of L tokens (L is ignored for the CLIPs: 77). */
+typedef struct sd3_encoder_sizes {
+  int64_t weights, largest_layer, activations;
+} sd3_encoder_sizes;
+int sd3_pipeline_encoder_sizes(const sd3_pipeline *p, sd3_component which, int B, int L,
+                               sd3_encoder_sizes *out, sd_error *err);
+
 /* The model's scheduler_config.json (the release config for single files);
  * *cfg is owned by the caller. */
 int sd3_pipeline_scheduler_config(const sd3_pipeline *p, cJSON **cfg, sd_error *err);

@@ -33,6 +33,9 @@ float sd_bf16_round(float x) {
 #define PORT_MC 256
 #define PORT_KC 256
 #define PORT_NC 1024
+_Static_assert((int64_t)(PORT_MC * PORT_KC + PORT_KC * PORT_NC) * 4 <=
+                   SD_GEMM_BF16_PORTABLE_BYTES,
+               "portable block bound");
 
 /* op(X)[r, k] for r in [r0, r0+nr), k in [k0, k0+nk) rounded, stored
  * row-major with row length nk. */
@@ -123,11 +126,13 @@ void sd_gemm_bf16_portable(int transA, int transB, int64_t M, int64_t N,
 #define NR 48
 #define NV (NR / 16)
 /* Cache blocks: a KC-deep micro-panel of B (KC*NR*2 bytes = 24 KiB) stays in
- * L1 while the packed MC x KC block of A (up to 192 KiB) streams from L2;
- * the KC x NC block of B (768 KiB) is reused by every row block. The
- * callers' row blocks (256 rows, a weight panel of up to a few hundred
- * output channels) fit one MC block, so A is packed once per depth block
- * when N <= NC, and B is read from memory exactly once per call. */
+ * L1 while the packed MC x KC block of A (up to 192 KiB) streams from L2.
+ * The callers' row blocks (256 rows, a weight panel of a few hundred output
+ * channels) fit one MC block: then each B panel is packed right before its
+ * only use into one reused slot, A is packed once per depth block, and B is
+ * read from memory once per call. Taller products keep the KC x NC block of
+ * packed B (768 KiB) for every row block. KC trades the number of passes
+ * over C against the L1 footprint; 256, 384 and 512 measured alike here. */
 #ifndef KC
 #define KC 256
 #endif

@@ -7,14 +7,14 @@
  * does); products and sums are F32. Relative error is therefore of the 2^-8
  * class of the operands, not of the F32 product.
  *
- * On CPUs with AVX512_BF16 it is a GotoBLAS-style blocked product: a KC x NC
- * block of op(B) is packed into bf16 pairs interleaved per column (one zmm
- * holds 16 columns x one k-pair, the operand layout of VDPBF16PS), an
- * MC x KC block of op(A) into MR-row panels of 32-bit k-pairs (broadcast one
- * at a time), and an MR x NR register-blocked micro-kernel accumulates
- * MR*NR/16 zmm registers. Elsewhere (other x86 CPUs, ARM) a portable path
- * rounds the operands block by block and multiplies them with cblas_sgemm:
- * same rounding of the operands, different summation order.
+ * On CPUs with AVX512_BF16 it is a GotoBLAS-style blocked product: op(B) is
+ * packed KC deep into NR-column micro-panels of bf16 pairs interleaved per
+ * column (one zmm holds 16 columns x one k-pair, the operand layout of
+ * VDPBF16PS), an MC x KC block of op(A) into MR-row panels of 32-bit k-pairs
+ * (broadcast one at a time), and an 8 x 48 register-blocked micro-kernel
+ * keeps 24 zmm accumulators. Elsewhere (other x86 CPUs, ARM) a portable
+ * path rounds the operands block by block and multiplies them with
+ * cblas_sgemm: same rounding of the operands, different summation order.
  *
  * Memory: every call allocates one packing buffer of at most
  * SD_GEMM_BF16_SCRATCH_BYTES with sd_alloc and frees it before returning
@@ -23,27 +23,41 @@
  * (or an unblocked scalar loop on the portable path), because the function
  * has no status to report; results are the same up to summation order.
  *
- * Pre-packed weights (not implemented): a linear or convolution weight is the
- * same operand in every call, so its packing (op(A) panels for convolutions,
- * op(B) panels for linear layers) could be done once per model load:
+ * Pre-packed weights (not implemented). A weight is the same operand in
+ * every call: op(A) of each convolution tile (the same OC panel against
+ * every pixel tile), op(B) of each linear row block. Packing it per call
+ * costs a few percent of a tile's time, plus the conversion of F16 weights
+ * to F32 panels before that. A cache behind sd_gemm_block keyed by the
+ * pointer is not safe (a freed and reallocated panel can reuse the address
+ * with other contents, and checking the contents reads as much as packing
+ * does), so reuse needs the caller to say the operand is a weight:
  *
  *   typedef struct sd_bf16_packed {
- *     int64_t rows, depth;   // rows of op(A) (or columns of op(B)), K
- *     int64_t kc;            // depth block the panels were cut for
- *     uint32_t *pairs;       // ceil(rows/R) panels x ceil(K/2) pairs x R
+ *     int64_t rows, depth;  // rows of op(A) / columns of op(B); K
+ *     int side;             // 'A': MR-row panels, 'B': NR-column panels
+ *     uint32_t *pairs;      // per KC block, per panel: ceil(kc/2) x R pairs
  *   } sd_bf16_packed;
- *   int  sd_bf16_pack_a(sd_bf16_packed *p, const sd_tensor *w, ...);
+ *   // Packs rows [r0, r0+n) of a 2-D weight view (F32/F16/BF16, read
+ *   // directly, no F32 copy); sd_bf16_packed_free releases it.
+ *   int  sd_bf16_pack_weight(sd_bf16_packed *p, const sd_tensor *w, int side,
+ *                            int64_t r0, int64_t n);
+ *   void sd_bf16_packed_free(sd_bf16_packed *p);
+ *   // C = alpha op(A) op(B) + beta C with one operand pre-packed; the other
+ *   // is packed per call as now. Same contract as sd_gemm_bf16 otherwise.
  *   void sd_gemm_bf16_packed_a(const sd_bf16_packed *a, int64_t row0,
  *                              int64_t M, int64_t N, int transB,
- *                              const float *B, int64_t ldb, float beta,
- *                              float *C, int64_t ldc);
+ *                              const float *B, int64_t ldb, float alpha,
+ *                              float beta, float *C, int64_t ldc);
+ *   void sd_gemm_bf16_packed_b(int transA, int64_t M, const float *A,
+ *                              int64_t lda, const sd_bf16_packed *b,
+ *                              int64_t col0, int64_t N, float alpha,
+ *                              float beta, float *C, int64_t ldc);
  *
- * with the panels stored K-block by K-block so that a block of KC depth of
- * one R-row panel is contiguous, exactly as the per-call packing lays it
- * out. It halves the weight's memory (bf16 instead of F32 copies) and removes
- * the per-call A packing (a few percent of a convolution tile's time); the
- * price is a second copy of every weight in the fast mode, so the memory
- * planner would have to count it. */
+ * The panels are laid out exactly as the per-call packing does (KC-deep
+ * slices of one panel contiguous), so the micro-kernel is unchanged. The
+ * packed copy is half the size of an F32 one and could live with the model
+ * (counted by the memory planner) or per layer call (bounded like the
+ * F32 panels today). */
 #ifndef SDGEN_TENSOR_GEMM_BF16_H
 #define SDGEN_TENSOR_GEMM_BF16_H
 
@@ -51,7 +65,7 @@
 
 /* Upper bounds of the per-call packing buffer (see above). */
 #define SD_GEMM_BF16_SCRATCH_BYTES ((int64_t)2 << 20)
-#define SD_GEMM_BF16_PORTABLE_BYTES ((int64_t)3 << 20)
+#define SD_GEMM_BF16_PORTABLE_BYTES ((int64_t)2 << 20)
 
 void sd_gemm_bf16(int transA, int transB, int64_t M, int64_t N, int64_t K,
                   float alpha, const float *A, int64_t lda, const float *B,
