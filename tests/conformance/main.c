@@ -10,6 +10,7 @@
 #include "conformance.h"
 #include "io/json.h"
 #include "tensor/blas_setup.h"
+#include "tensor/ops.h"
 
 int conf_wants(const conf_ctx *c, const char *id) {
   return !c->filter || strstr(id, c->filter) != NULL;
@@ -75,6 +76,7 @@ int conf_check_tensor(conf_ctx *c, const char *id, const float *got, int64_t n,
     return 0;
   }
   double e = conf_rel_l2(got, g->data, n);
+  if (c->bf16 && tol < CONF_BF16_TOL) tol = CONF_BF16_TOL;
   int ok = e <= tol;
   conf_result(c, id, ok, "rel_l2 %.3g (tol %.0e)", e, tol);
   sd_tensor_free(g);
@@ -97,12 +99,34 @@ static int cmp_str(const void *a, const void *b) {
 int main(int argc, char **argv) {
   sd_blas_select_kernels(argv);
   conf_ctx c = {0};
-  if (argc < 2) {
-    fprintf(stderr, "usage: conformance FIXTURES_DIR [FILTER]\n");
+  const char *pos[2] = {NULL, NULL};
+  int npos = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--precision") && i + 1 < argc) {
+      const char *v = argv[++i];
+      if (!strcmp(v, "bf16")) {
+        if (sd_set_precision(SD_PREC_BF16) != SD_OK) {
+          printf("SKIP: this CPU has no bf16 dot instructions; bf16 mode not checked\n");
+          printf("0 passed, 0 failed\n");
+          return 77;
+        }
+        c.bf16 = 1;
+      } else if (strcmp(v, "fp32") != 0) {
+        fprintf(stderr, "conformance: unknown precision '%s' (fp32 or bf16)\n", v);
+        return 2;
+      }
+    } else if (npos < 2) {
+      pos[npos++] = argv[i];
+    } else {
+      npos = 3;
+    }
+  }
+  if (npos < 1 || npos > 2) {
+    fprintf(stderr, "usage: conformance FIXTURES_DIR [FILTER] [--precision fp32|bf16]\n");
     return 2;
   }
-  c.fixtures = argv[1];
-  c.filter = argc > 2 ? argv[2] : NULL;
+  c.fixtures = pos[0];
+  c.filter = pos[1];
   c.verbose = getenv("SDGEN_CONF_VERBOSE") != NULL;
   if (!exists(c.fixtures)) {
     printf("SKIP: fixtures folder %s not found; conformance not checked\n",
