@@ -121,7 +121,8 @@ int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *params, const char *latents
  * model's native size), params->threads and params->precision, in one run:
  * the sgemm ceilings (F32, and bf16 where the CPU has it), load, prompt
  * encoding, one denoiser step with CFG (batch 2) after an untimed warm-up
- * step, and one VAE decode, the step and the decode broken down by op class.
+ * step (none when params->steps is 1: the step then also pays the first
+ * touch of the weights), and one VAE decode, the step and the decode broken down by op class.
  * The report goes to `out` (the one place this library prints: the caller
  * chooses the stream) and ends with the line
  *   unet step: X s, Y GFLOP/s, Z% of sgemm ceiling

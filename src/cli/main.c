@@ -40,7 +40,7 @@ static void usage(FILE *f) {
           "       generate --list-presets | --list-models | --download MODEL\n"
           "       generate --decode LATENTS_FILE [--model M] [--output DIR]\n"
           "       generate --bench [--model M] [--precision fp32|bf16] [--size PX]\n"
-          "                [--threads N] [--json FILE]\n"
+          "                [--threads N] [--steps 1] [--json FILE]\n"
           "\n"
           "model and quality\n"
           "  --model PATH|ORG/NAME   diffusers folder, .safetensors file or hub name\n"
@@ -86,6 +86,7 @@ static void usage(FILE *f) {
           "benchmark\n"
           "  --bench                 time one denoiser step with CFG and one VAE decode,\n"
           "                          broken down by op class, against the sgemm ceiling\n"
+          "                          (after a warm-up step; --steps 1: no warm-up)\n"
           "  --size PX               square image size (same as --width PX --height PX)\n"
           "  --json FILE             --bench: also write the results as JSON\n"
           "  --version, --help\n",

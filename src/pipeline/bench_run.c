@@ -70,6 +70,7 @@ typedef struct bench {
   bench_stage st[BENCH_MAX_STAGES];
   int nst;
   int step_stage; /* index of the profiled denoiser step, -1 until run */
+  int warmup;     /* run an untimed warm-up step first (not with --steps 1) */
   int64_t nonfinite;
   double t0, cpu0; /* start of the current stage */
 } bench;
@@ -366,7 +367,7 @@ static int bench_unet(bench *b, const sdgen_params *p, const char *prompt, const
   }
   double gf = B * unet_flops(m->w_unet, h, w, cond.ctx_len) * 1e-9;
   sd_unet_cond uconds = {cond.context, cond.ctx_len, cond.pooled, cond.time_ids, cond.n_time_ids};
-  for (int s = 0; s < 2; s++) {
+  for (int s = b->warmup ? 0 : 1; s < 2; s++) {
     float ts[2] = {981.0f - 20.0f * s, 981.0f - 20.0f * s};
     stage_begin(b, s == 1);
     rc = sd_unet_forward(m->unet, x, B, h, w, ts, &uconds, eps, 0, b->err);
@@ -434,7 +435,7 @@ static int bench_sd3(bench *b, const sdgen_params *p, const char *prompt, const 
     goto done;
   }
   double gf = B * mmdit_flops(m, h, w, tokens) * 1e-9;
-  for (int s = 0; s < 2; s++) {
+  for (int s = b->warmup ? 0 : 1; s < 2; s++) {
     float ts[2] = {1000.0f - 20.0f * s, 1000.0f - 20.0f * s};
     stage_begin(b, s == 1);
     rc = sd_mmdit_forward(m, x, B, h, w, ts, embeds, tokens, pooled, out, 0, b->err);
@@ -652,6 +653,7 @@ int sdgen_bench(sdgen_ctx *ctx, const sdgen_params *p, const char *json_path, FI
   b->out = out ? out : stdout;
   b->err = err;
   b->step_stage = -1;
+  b->warmup = p->steps != 1;
   int rc;
   if (!p->model) {
     rc = sd_fail(err, SD_ERR_ARG, "no model given");
