@@ -11,6 +11,7 @@
 # $SDGEN_BENCH_DIR (default /tmp/sdgen-bench)/profile-<name>-<date>/.
 # Tokenizers: $SDGEN_TOKENIZERS, default ../shared/fixtures/tokenizers (the
 # random models have none). Full-size models take minutes per run.
+# THREADS (default "1 2") lists the thread counts to run.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
@@ -39,7 +40,7 @@ tok_opt=()
 
 echo "== uptime: $(uptime)" >&2
 for prec in $precisions; do
-  for threads in 1 2; do
+  for threads in ${THREADS:-1 2}; do
     json="$out_dir/$prec-t$threads.json"
     echo "== $prec, $threads thread(s) -> $json" >&2
     "$build/generate" --bench --model "$model" --precision "$prec" --threads "$threads" \
