@@ -39,9 +39,11 @@ void sd_monitor_stage(sd_monitor *m, const char *label) {
   snprintf(r.label, sizeof r.label, "%s", label);
   r.seconds = sd_monitor_elapsed(m);
   sd_mem_probe(&r.mem);
+  r.tracked_peak = sd_alloc_get_stats().peak_bytes;
   /* Each record's peak covers the interval since the previous record, so a
    * stage's measured peak can be set against its predicted one. */
   sd_mem_reset_peak();
+  sd_alloc_reset_peak();
   if (m->nrec < SD_MONITOR_MAX_RECORDS) m->rec[m->nrec++] = r;
   if (m->cb) {
     char line[256];
@@ -100,6 +102,7 @@ cJSON *sd_monitor_to_json(const sd_monitor *m) {
     cJSON_AddNumberToObject(e, "seconds", r->seconds);
     cJSON_AddNumberToObject(e, "process_rss_bytes", (double)r->mem.rss);
     cJSON_AddNumberToObject(e, "process_peak_rss_bytes", (double)r->mem.peak_rss);
+    cJSON_AddNumberToObject(e, "tracked_peak_bytes", (double)r->tracked_peak);
     cJSON_AddNumberToObject(e, "system_used_bytes", (double)r->mem.sys_used);
     cJSON_AddNumberToObject(e, "system_total_bytes", (double)r->mem.sys_total);
     cJSON_AddNumberToObject(e, "system_available_bytes", (double)r->mem.sys_available);

@@ -25,6 +25,7 @@ typedef struct sd_stage_record {
   char label[64];
   double seconds; /* since the monitor started */
   sd_mem_sample mem; /* mem.peak_rss: the peak since the previous record */
+  int64_t tracked_peak; /* peak of sd_alloc'd bytes since the previous record */
 } sd_stage_record;
 
 typedef void (*sd_event_cb)(sd_event_kind kind, const char *text, const sd_stage_record *rec,

@@ -5,6 +5,7 @@
 
 #include "base/alloc.h"
 #include "base/memprobe.h"
+#include "tensor/ops.h"
 
 static const char *const k_level_names[SD_PLAN_LEVELS] = {
     "resident", "release text encoders", "VAE slicing", "VAE tiling", "weight streaming",
@@ -30,10 +31,18 @@ int64_t sd_plan_baseline(void) {
   sd_alloc_stats st = sd_alloc_get_stats();
   int64_t untracked = s.rss > 0 ? s.rss - st.bytes_in_use : 0;
   if (untracked < 0) untracked = 0;
-  /* OpenBLAS allocates its GEMM buffers on first use; only the part the
-   * panels touch becomes resident. Measured on SD 1.5 at 512x512: the
-   * whole untracked growth stays under 32 MB. */
-  return untracked + (32LL << 20);
+  /* OpenBLAS runs single-threaded inside each of our worker threads and
+   * gives every calling thread its own buffer, of which only the packed
+   * blocks get touched: one A block (GEMM_P x GEMM_Q) and one B panel of
+   * GEMM_Q x rows, where rows is at most 1280 here (the largest conv output
+   * channel count; linear layers run in 256-row blocks). Measured on this
+   * OpenBLAS's Haswell SGEMM: 0.43 MB + 1.25 kB per row, so 2.0 MB per
+   * thread at 1280 rows, and pages once touched stay. 4 MB per thread
+   * bounds that with room for cores whose kernels pack larger blocks. (A
+   * flat 32 MB used to stand here: 8x too much on 2 threads, too little on
+   * 16, and the main reason the streaming plans predicted 15% high.) */
+  int threads = sd_get_threads();
+  return untracked + (int64_t)(threads > 0 ? threads : 1) * (4LL << 20);
 }
 
 void sd_plan_add_stage(sd_plan *p, const char *name, int64_t weights, int64_t activations,

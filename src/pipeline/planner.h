@@ -69,7 +69,8 @@ int sd_plan_choose(sd_plan *plan, int64_t budget, int min_level, sd_plan_estimat
 int64_t sd_plan_default_budget(void);
 
 /* Process memory outside the tracked allocator (code, libraries, BLAS
- * buffers): measured now, with an allowance for BLAS thread buffers. */
+ * buffers): measured now, plus the OpenBLAS packing buffers each worker
+ * thread will touch (a per-thread bound, times sd_get_threads()). */
 int64_t sd_plan_baseline(void);
 
 /* Adds a stage (peak computed from baseline). */

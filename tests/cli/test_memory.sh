@@ -200,6 +200,15 @@ rc=$?
 lat=$(ls "$T"/nan_dec/*.latents.safetensors 2>/dev/null | head -1)
 [ -n "$lat" ] && "$GEN" --decode "$lat" --output "$T/nan_redec" -q --threads 1 >/dev/null 2>&1 \
   && ls "$T"/nan_redec/*_0.png >/dev/null 2>&1 && ok || bad "--decode after a NaN decode failed"
+# the refiner's stages are guarded too (latent hand-off: its decode's latents are kept)
+if [ -d "$FIX/sdxl" ] && [ -d "$FIX/sdxl-refiner" ]; then
+  SDGEN_INJECT_NAN=refiner-decode "$GEN" "${XA[@]}" --refiner-switch 0.5 --output "$T/nan_ref" \
+    >/dev/null 2>"$T/err_nan"
+  rc=$?
+  [ $rc -ne 0 ] && grep -q "refiner-decode stage produced NaN/Inf.*latents kept in" "$T/err_nan" \
+    && [ "$(ls "$T/nan_ref" | grep -vc '\.latents\.safetensors$')" = 0 ] \
+    && ok || bad "NaN after the refiner decode (fp32): rc $rc, $(tail -1 "$T/err_nan")"
+fi
 if "$GEN" "${NA[@]}" --precision bf16 --dry-run --output "$T/bf16probe" >/dev/null 2>&1; then
   for model in sd15 sd35-medium; do
     [ -d "$FIX/$model" ] || continue
@@ -214,6 +223,15 @@ for st in ('denoise','decode'):
     assert any(r.startswith(st+': NaN/Inf') and 'reran the stage in fp32' in r for r in rf), rf
 PY
   done
+  if [ -d "$FIX/sdxl" ] && [ -d "$FIX/sdxl-refiner" ]; then
+    SDGEN_INJECT_NAN=refiner-denoise,refiner-decode "$GEN" "${XA[@]}" --precision bf16 \
+      --output "$T/nan_bf16_ref" >/dev/null 2>"$T/err_nan" && python3 - "$T/nan_bf16_ref" <<'PY' \
+      && ok || bad "refiner bf16 NaN reruns: $(tail -1 "$T/err_nan")"
+import json,glob,sys
+rf=json.load(open(sorted(glob.glob(sys.argv[1]+'/*_0.json'))[0]))['memory']['recovered_failures']
+assert sorted(r.split(':')[0] for r in rf)==['refiner-decode','refiner-denoise'], rf
+PY
+  fi
 else
   echo "SKIP (part): this CPU has no bf16: the bf16 rerun tests did not run"
 fi
