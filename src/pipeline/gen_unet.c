@@ -100,9 +100,10 @@ static int64_t prefix_bytes(const sd_weights *w, const char *prefix) {
   return b;
 }
 
-/* Kernel scratch the plan-mode run does not see (kernels return at once):
- * converted weight panels and conv tiles, bounded by the kernels. */
-#define KERNEL_SCRATCH (32LL << 20)
+/* Kernel scratch (converted weight panels, conv tiles, bf16 packing,
+ * attention blocks) is part of every plan-mode peak below: in plan mode each
+ * kernel takes the address space it would allocate (tensor/ops_internal.h,
+ * sd_plan_scratch), at the moment it would. */
 
 /* Activation peak of one UNet forward, measured by running it in plan mode. */
 static int64_t plan_unet_forward(const sd_unet_model *m, int B, int h, int w, int ctx_len,
@@ -191,7 +192,7 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
     if (!u->enc_act[one]) u->enc_act[one] = plan_vae_decode(m->vae, one ? 1 : n, h, w, 0);
     enc_peak = u->enc_act[one];
     if (enc_peak < 0) goto oom;
-    sd_plan_add_stage(p, "vae encode", held + enc, enc_peak + KERNEL_SCRATCH, cond + lat + side);
+    sd_plan_add_stage(p, "vae encode", held + enc, enc_peak, cond + lat + side);
   }
   int64_t unet_w = level >= SD_PLAN_STREAMING ? sd_unet_largest_block_bytes(m->unet) : unet;
   int Bd = level >= SD_PLAN_SEQUENTIAL ? B / n : B; /* images denoised at once, x2 for CFG */
@@ -200,14 +201,14 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
     u->unet_act[seq] = plan_unet_forward(m, Bd, h, w, ctx_len, ctx_dim, pooled, n_ids);
   act = u->unet_act[seq];
   if (act < 0) goto oom;
-  sd_plan_add_stage(p, "denoise", held + unet_w, act + KERNEL_SCRATCH,
+  sd_plan_add_stage(p, "denoise", held + unet_w, act,
                     cond + lat + side + 2 * (lat / n) * Bd);
   int mode = decode_mode(p);
   if (!u->dec_act[mode]) u->dec_act[mode] = plan_vae_decode(m->vae, n, h, w, mode);
   dec_act = u->dec_act[mode];
   if (dec_act < 0) goto oom;
   sd_plan_add_stage(p, "decode", held + dec + (level == SD_PLAN_RESIDENT ? unet : 0),
-                    dec_act + KERNEL_SCRATCH, lat + image);
+                    dec_act, lat + image);
   return SD_OK;
 oom:
   return sd_fail(err, SD_ERR_OOM, "out of memory while planning");

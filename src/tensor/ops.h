@@ -49,8 +49,9 @@ int sd_conv2d_pad4(float *y, const float *x, int N, int C, int H, int W,
                    int pad_top, int pad_bottom, int pad_left, int pad_right);
 
 /* Bytes of scratch sd_conv2d_pad4 allocates at its peak for these
- * arguments with the current thread count (the memory planner's replay of
- * a forward pass adds it; the kernel computes it the same way). */
+ * arguments with the current thread count and precision (in plan mode the
+ * kernel takes exactly this much address space; analytic memory replays
+ * add it). */
 int64_t sd_conv2d_scratch_bytes(int N, int C, int H, int W, const sd_tensor *weight,
                                 int stride, int pad_top, int pad_bottom,
                                 int pad_left, int pad_right);

@@ -263,10 +263,7 @@ static void attention_task(float *out, const float *q, const float *k,
 }
 
 int sd_attention(float *out, const float *q, const float *k, const float *v,
-                 const sd_attn_args *a) { if (sd_plan_active()) return SD_OK;
-  SD_PROFILE_OP(SD_OPC_ATTENTION,
-                4.0 * a->B * a->heads * (double)a->Lq * a->Lk * a->head_dim,
-                4.0 * a->B * a->heads * a->head_dim * (2.0 * a->Lq + 2.0 * a->Lk));
+                 const sd_attn_args *a) {
   if (a->B <= 0 || a->Lq <= 0 || a->heads <= 0 || a->head_dim <= 0)
     return SD_OK;
   if (a->Lk <= 0) return SD_ERR_ARG;
@@ -278,6 +275,9 @@ int sd_attention(float *out, const float *q, const float *k, const float *v,
   int64_t tasks = (int64_t)a->B * a->heads * qblocks;
   int nt = sd_threads_internal();
   if (nt > tasks) nt = (int)tasks;
+  if (sd_plan_active()) return sd_plan_scratch(4 * per_thread * nt);
+  SD_PROFILE_OP(SD_OPC_ATTENTION, 4.0 * a->B * a->heads * (double)a->Lq * a->Lk * a->head_dim,
+                4.0 * a->B * a->heads * a->head_dim * (2.0 * a->Lq + 2.0 * a->Lk));
   float *scratch = sd_alloc((size_t)(per_thread * nt) * 4);
   if (!scratch) return SD_ERR_OOM;
   gemm_fn gemm = pick_gemm();

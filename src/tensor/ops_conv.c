@@ -383,13 +383,17 @@ int64_t sd_conv2d_scratch_bytes(int N, int C, int H, int W, const sd_tensor *wei
     return 0;
   int64_t OC = weight->shape[0];
   if (N <= 0 || OC <= 0) return 0;
-  return 4 * plan_conv(&g, N, OC, weight->dtype, conv_threads()).scratch;
+  conv_plan cp = plan_conv(&g, N, OC, weight->dtype, conv_threads());
+  /* + the block GEMMs' own scratch, one per thread */
+  return 4 * cp.scratch + cp.nt * sd_gemm_block_scratch_bytes();
 }
 
 int sd_conv2d_pad4(float *y, const float *x, int N, int C, int H, int W,
                    const sd_tensor *weight, const sd_tensor *bias, int stride,
                    int pad_top, int pad_bottom, int pad_left, int pad_right) {
-  if (sd_plan_active()) return SD_OK;
+  if (sd_plan_active())
+    return sd_plan_scratch(sd_conv2d_scratch_bytes(N, C, H, W, weight, stride, pad_top,
+                                                   pad_bottom, pad_left, pad_right));
   SD_PROFILE_SCOPE(sd_prof_begin_conv(N, C, H, W, weight, stride, pad_top + pad_bottom,
                                       pad_left + pad_right));
   return conv2d_impl(y, x, N, C, H, W, weight, bias, stride, pad_top,
@@ -398,7 +402,7 @@ int sd_conv2d_pad4(float *y, const float *x, int N, int C, int H, int W,
 
 int sd_conv2d(float *y, const float *x, int N, int C, int H, int W,
               const sd_tensor *weight, const sd_tensor *bias, int stride,
-              int pad) { if (sd_plan_active()) return SD_OK;
+              int pad) {
   return sd_conv2d_pad4(y, x, N, C, H, W, weight, bias, stride, pad, pad, pad,
                         pad);
 }

@@ -136,6 +136,12 @@ void sd_gemm_block(int transA, int transB, int64_t M, int64_t N, int64_t K,
               alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 
+/* Concurrent block calls of sd_gemm_parallel for an M-row product. */
+static int gemm_threads(int64_t M, int64_t N, int64_t K) {
+  if (omp_in_parallel() || 2.0 * M * N * K < 4e6) return 1;
+  return sd_threads_internal();
+}
+
 /* C = alpha op(A) op(B) + beta C with the rows (or, when there are few, the
  * columns) of C split into one block per thread. Blocks are multiples of 16
  * so every thread's BLAS call sees whole micro-tiles. */
@@ -144,9 +150,7 @@ void sd_gemm_parallel(int transA, int transB, int64_t M, int64_t N, int64_t K,
                       int64_t ldb, float beta, float *C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
   sd_blas_single_thread();
-  int nt = sd_threads_internal();
-  double flops = 2.0 * M * N * K;
-  if (omp_in_parallel() || flops < 4e6) nt = 1;
+  int nt = gemm_threads(M, N, K);
   if (M > GEMM_ROW_BLOCK) {
     /* Fixed row blocks, whatever M and the thread count: a row's result
      * then depends only on its block, so an image computes the same alone
@@ -189,9 +193,17 @@ void sd_gemm_parallel(int transA, int transB, int64_t M, int64_t N, int64_t K,
   }
 }
 
+int64_t sd_gemm_block_scratch_bytes(void) {
+  return sd_get_precision() == SD_PREC_BF16 ? SD_GEMM_BF16_SCRATCH_BYTES : 0;
+}
+
 void sd_gemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
              float alpha, const float *A, int64_t lda, const float *B,
-             int64_t ldb, float beta, float *C, int64_t ldc) { if (sd_plan_active()) return;
+             int64_t ldb, float beta, float *C, int64_t ldc) {
+  if (sd_plan_active()) {
+    sd_plan_scratch(gemm_threads(M, N, K) * sd_gemm_block_scratch_bytes());
+    return;
+  }
   SD_PROFILE_OP(SD_OPC_GEMM, 2.0 * M * N * K, 4.0 * ((double)M * K + (double)K * N + (double)M * N));
   sd_gemm_parallel(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C,
                    ldc);
@@ -205,8 +217,24 @@ static void fill_rows(float *y, int64_t M, int64_t N, int64_t ldy,
   for (int64_t m = 0; m < M; m++) memcpy(y + m * ldy, b, (size_t)N * 4);
 }
 
+/* Floats of the converted weight panel sd_linear takes (0 for F32). */
+static int64_t linear_panel_rows(const sd_tensor *W, int64_t K) {
+  int64_t N = W->shape[0];
+  int64_t nb = SD_SCRATCH_FLOATS / (K > 0 ? K : 1);
+  if (nb < 16) nb = 16;
+  return nb > N ? N : nb;
+}
+
 int sd_linear(float *y, const float *x, int64_t M, int64_t K,
-              const sd_tensor *W, const sd_tensor *bias) { if (sd_plan_active()) return SD_OK;
+              const sd_tensor *W, const sd_tensor *bias) {
+  if (sd_plan_active()) {
+    /* bias copy (freed before the panel is taken) or panel + the GEMM's */
+    int64_t N = W->shape[0];
+    int64_t panel = W->dtype == SD_F32 ? 0 : 4 * linear_panel_rows(W, K) * K;
+    int64_t gemm = gemm_threads(M, N, K) * sd_gemm_block_scratch_bytes();
+    int64_t peak = panel + gemm > (bias ? 4 * N : 0) ? panel + gemm : 4 * N;
+    return M > 0 && N > 0 ? sd_plan_scratch(peak) : SD_OK;
+  }
   SD_PROFILE_OP(SD_OPC_GEMM, 2.0 * M * K * W->shape[0],
                 4.0 * M * (double)(K + W->shape[0]) +
                     (double)sd_tensor_numel(W) * sd_dtype_size(W->dtype));
@@ -232,9 +260,7 @@ int sd_linear(float *y, const float *x, int64_t M, int64_t K,
                      beta, y, N);
     return SD_OK;
   }
-  int64_t nb = SD_SCRATCH_FLOATS / K;
-  if (nb < 16) nb = 16;
-  if (nb > N) nb = N;
+  int64_t nb = linear_panel_rows(W, K);
   float *panel = sd_alloc((size_t)(nb * K) * 4);
   if (!panel) return SD_ERR_OOM;
   for (int64_t n0 = 0; n0 < N; n0 += nb) {

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "base/alloc.h"
+#include "base/status.h"
 #include "tensor/tensor.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
@@ -45,6 +47,22 @@ void sd_gemm_parallel(int transA, int transB, int64_t M, int64_t N, int64_t K,
 void sd_gemm_block(int transA, int transB, int64_t M, int64_t N, int64_t K,
                    float alpha, const float *A, int64_t lda, const float *B,
                    int64_t ldb, float beta, float *C, int64_t ldc);
+
+/* Scratch one concurrent sd_gemm_block call takes in the current precision
+ * (the bf16 kernel's packing buffers; the F32 path's BLAS buffers are
+ * outside our allocator and budgeted by the planner). */
+int64_t sd_gemm_block_scratch_bytes(void);
+
+/* Plan mode (see base/alloc.h): a kernel that would allocate `bytes` of
+ * scratch takes and frees that much address space, so the plan-mode run's
+ * tracked peak includes it at the moment it would exist. */
+static inline int sd_plan_scratch(int64_t bytes) {
+  if (bytes <= 0) return SD_OK;
+  void *p = sd_alloc((size_t)bytes);
+  if (!p) return SD_ERR_OOM;
+  sd_free(p);
+  return SD_OK;
+}
 
 /* Converts rows [r0, r0+nr) of a 2-D weight view with row length `cols` to
  * F32 (dst packed, nr*cols), in parallel for big panels. */
