@@ -429,14 +429,28 @@ static int block_tensors(const sd_mmdit_block *b, const sd_tensor **list) {
 
 void sd_mmdit_set_weight_streaming(sd_mmdit *m, int on) { m->stream_weights = on; }
 
-int64_t sd_mmdit_largest_block_bytes(const sd_mmdit *m) {
+/* Bytes of pos_embed a forward at latent H x W touches: the cropped grid's
+ * rows are gh separate runs of gw * D values, each rounded out to whole
+ * pages (the table itself is pos_max^2 * D, far larger for 3.5 Medium). */
+static int64_t pos_embed_touched_bytes(const sd_mmdit *m, int H, int W) {
+  const sd_mmdit_config *c = &m->cfg;
+  int64_t esize = (int64_t)sd_dtype_size(m->pos_embed->dtype), page = 4096;
+  int64_t gh = H / c->patch, gw = W / c->patch;
+  if (gh > c->pos_max) gh = c->pos_max;
+  if (gw > c->pos_max) gw = c->pos_max;
+  int64_t run = gw * c->hidden * esize;
+  int64_t total = gh * ((run + page - 1) / page + 1) * page;
+  int64_t whole = (int64_t)sd_tensor_nbytes(m->pos_embed);
+  return total < whole ? total : whole;
+}
+
+int64_t sd_mmdit_streaming_resident_bytes(const sd_mmdit *m, int H, int W) {
   /* The embedders and the output layer are resident one group at a time
    * too (released after use when streaming): count the largest group. */
-  const sd_tensor *head[] = {m->patch_w, m->patch_b, m->pos_embed, m->t1_w, m->t1_b,
-                             m->t2_w,    m->t2_b,    m->p1_w,      m->p1_b, m->p2_w,
-                             m->p2_b,    m->ctx_w,   m->ctx_b};
+  const sd_tensor *head[] = {m->patch_w, m->patch_b, m->t1_w, m->t1_b, m->t2_w, m->t2_b,
+                             m->p1_w,    m->p1_b,    m->p2_w, m->p2_b, m->ctx_w, m->ctx_b};
   const sd_tensor *tail[] = {m->out_mod_w, m->out_mod_b, m->proj_w, m->proj_b};
-  int64_t head_bytes = 0, tail_bytes = 0;
+  int64_t head_bytes = pos_embed_touched_bytes(m, H, W), tail_bytes = 0;
   for (size_t k = 0; k < sizeof head / sizeof head[0]; k++)
     if (head[k]) head_bytes += (int64_t)sd_tensor_nbytes(head[k]);
   for (size_t k = 0; k < sizeof tail / sizeof tail[0]; k++)

@@ -79,10 +79,11 @@ typedef struct sd_mmdit {
 /* Weight streaming (see io/residency.h): only one joint block's weights
  * are resident at a time; the page cache keeps the file. */
 void sd_mmdit_set_weight_streaming(sd_mmdit *m, int on);
-/* Bytes resident at a time when streaming: the largest of the joint
- * blocks' weights, the embedders' (patch, position, time, pooled, context)
- * and the output layer's. */
-int64_t sd_mmdit_largest_block_bytes(const sd_mmdit *m);
+/* Bytes resident at a time when streaming a forward at latent H x W: the
+ * largest of the joint blocks' weights, the embedders' (patch, the touched
+ * rows of the position table, time, pooled, context) and the output
+ * layer's. */
+int64_t sd_mmdit_streaming_resident_bytes(const sd_mmdit *m, int H, int W);
 
 /* Binds w (which must outlive *out). config: the transformer's config.json
  * (required). */

@@ -75,7 +75,7 @@ static int estimate_sd3(void *user, int level, sd_plan *p, sd_error *err) {
     if (e->activations > enc_act) enc_act = e->activations;
   }
   sd_plan_add_stage(p, "encode", keep ? encoders : enc, enc_act + KERNEL_SCRATCH, cond);
-  int64_t tw = level >= SD_PLAN_STREAMING ? sd_mmdit_largest_block_bytes(u->m) : u->transformer;
+  int64_t tw = level >= SD_PLAN_STREAMING ? sd_mmdit_streaming_resident_bytes(u->m, u->h, u->w) : u->transformer;
   int64_t act = sd_mmdit_scratch_bytes(&u->m->cfg, B, u->h, u->w, tokens);
   sd_plan_add_stage(p, "denoise", tw + (keep ? encoders : 0), act + KERNEL_SCRATCH,
                     cond + lat + 2 * (lat / u->n) * B);
