@@ -62,29 +62,30 @@ static int estimate_sd3(void *user, int level, sd_plan *p, sd_error *err) {
   int64_t cond = 4LL * B * ((int64_t)tokens * J + u->m->cfg.pooled_dim);
   int64_t lat = 4LL * u->n * u->m->cfg.in_channels * u->h * u->w;
   int64_t image = 4LL * u->n * 3 * u->h * f * u->w * f;
-  /* Encoders run one at a time, each released after use (at the streaming
-   * level only its largest layer is resident at a time); all stay loaded
-   * only in the resident plan. */
-  int keep = level == SD_PLAN_RESIDENT, stream = level >= SD_PLAN_STREAMING;
-  int64_t encoders = 0, enc = 0, enc_act = 0;
+  /* At every level the encoders run one at a time and each is released
+   * after use (at the streaming level only its largest layer is resident
+   * at a time), and the transformer is released before the decode
+   * (gen_base_sd3): no stage holds another stage's weights, so the resident
+   * and release-encoders levels differ in nothing for SD3. */
+  int stream = level >= SD_PLAN_STREAMING;
+  int64_t enc = 0, enc_act = 0;
   for (int i = 0; i < 3; i++) {
     const sd3_encoder_sizes *e = &u->enc[i];
     int64_t resident = stream ? e->largest_layer : e->weights;
-    encoders += e->weights;
     if (resident > enc) enc = resident;
     if (e->activations > enc_act) enc_act = e->activations;
   }
-  sd_plan_add_stage(p, "encode", keep ? encoders : enc, enc_act + KERNEL_SCRATCH, cond);
+  sd_plan_add_stage(p, "encode", enc, enc_act + KERNEL_SCRATCH, cond);
   int64_t tw = level >= SD_PLAN_STREAMING ? sd_mmdit_streaming_resident_bytes(u->m, u->h, u->w) : u->transformer;
   int64_t act = sd_mmdit_scratch_bytes(&u->m->cfg, B, u->h, u->w, tokens);
-  sd_plan_add_stage(p, "denoise", tw + (keep ? encoders : 0), act + KERNEL_SCRATCH,
+  sd_plan_add_stage(p, "denoise", tw, act + KERNEL_SCRATCH,
                     cond + lat + 2 * (lat / u->n) * B);
   int mode = level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
              : level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
                                             : SD_DECODE_BATCH;
   int64_t dec_act = plan_decode(u->vae, u->n, u->h, u->w, mode);
   if (dec_act < 0) return sd_fail(err, SD_ERR_OOM, "out of memory while planning");
-  sd_plan_add_stage(p, "decode", u->vae_bytes + (keep ? encoders + u->transformer : 0),
+  sd_plan_add_stage(p, "decode", u->vae_bytes,
                     dec_act, lat + image);
   return SD_OK;
 }
