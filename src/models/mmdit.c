@@ -228,7 +228,10 @@ int64_t sd_mmdit_scratch_bytes(const sd_mmdit_config *c, int B, int H, int W,
   int64_t floats = B * (N * D * 3 + L * D * 2) + 4 * B * T * D +
                    B * R * c->ff_dim + B * R * D + 2 * B * D + 15 * B * D +
                    B * MMDIT_TIME_CHANNELS;
+  /* the patch conv's buffer, reused for the output projection: the larger
+   * of the image-sized patch input/output and the (B, N, D) tokens */
   int64_t patch_out = (int64_t)B * max64(c->in_channels, c->out_channels) * H * W;
+  patch_out = max64(patch_out, B * N * D);
   return (floats + patch_out) * (int64_t)sizeof(float);
 }
 
