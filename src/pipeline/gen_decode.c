@@ -169,6 +169,9 @@ int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *p, const char *latents_file
     return sd_fail(err, SD_ERR_ARG, "%s does not name its model: pass --model", latents_file);
   if ((rc = sd_prepare_output_dir(p->output_dir, err))) return rc;
   if (p->threads > 0) sd_set_threads(p->threads);
+  sd_precision prec;
+  if ((rc = sd_parse_precision(p->precision, &prec, err))) return rc;
+  sd_set_precision(prec);
   if ((rc = sd_resolve_model(p, model, r.model_path, sizeof r.model_path, err))) return rc;
   if ((rc = sd_weights_open(&lw, latents_file, err))) return rc;
   const sd_tensor *lt = sd_weights_get(lw, "latents");
