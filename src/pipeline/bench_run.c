@@ -390,10 +390,7 @@ done:
 
 static int bench_sd3(bench *b, const sdgen_params *p, const char *prompt, const char *neg) {
   sd3_pipeline *pp = NULL;
-  sd_weights *tw = NULL, *vw = NULL;
-  cJSON *tcfg = NULL, *vcfg = NULL;
-  sd_mmdit *m = NULL;
-  sd_vae *vae = NULL;
+  sd3_models mods = {0};
   float *embeds = NULL, *pooled = NULL, *x = NULL, *out = NULL;
   int tokens = 0, rc;
   sd3_sources src = {.model = b->model,
@@ -404,15 +401,14 @@ static int bench_sd3(bench *b, const sdgen_params *p, const char *prompt, const 
                      .skip_t5 = p->no_t5};
   stage_begin(b, 0);
   if ((rc = sd3_pipeline_open(&pp, &src, b->err)) ||
-      (rc = sd3_pipeline_open_component(pp, SD3_TRANSFORMER, &tw, &tcfg, b->err)) ||
-      (rc = sd_mmdit_load(&m, tw, tcfg, b->err)) ||
-      (rc = sd3_pipeline_open_component(pp, SD3_VAE, &vw, &vcfg, b->err)) ||
-      (rc = sd_vae_load(&vae, vw, vcfg, b->err)))
+      (rc = sd3_pipeline_bind_models(pp, &mods, b->err)))
     goto done;
   stage_end(b, "load", 0);
+  const sd_mmdit *m = mods.mmdit;
+  const sd_vae *vae = mods.vae;
 
   int f = sd_vae_downscale(vae), step = f * m->cfg.patch;
-  if (!b->size) b->size = sd_json_int(tcfg, "sample_size", 128) * f;
+  if (!b->size) b->size = sd_json_int(mods.transformer_config, "sample_size", 128) * f;
   if (b->size % step) {
     rc = sd_fail(b->err, SD_ERR_ARG, "--size must be a multiple of %d for this model", step);
     goto done;
@@ -447,18 +443,13 @@ static int bench_sd3(bench *b, const sdgen_params *p, const char *prompt, const 
   }
   b->step_stage = b->nst - 1;
   b->nonfinite += count_nonfinite(out, lat_out);
-  rc = run_decode(b, vae, vw, out, h, w);
+  rc = run_decode(b, vae, mods.vae_weights, out, h, w);
 done:
   sd_free(embeds);
   sd_free(pooled);
   sd_free(x);
   sd_free(out);
-  sd_mmdit_free(m);
-  sd_vae_free(vae);
-  sd_weights_free(tw);
-  sd_weights_free(vw);
-  cJSON_Delete(tcfg);
-  cJSON_Delete(vcfg);
+  sd3_models_free(pp, &mods);
   sd3_pipeline_free(pp);
   return rc;
 }

@@ -103,8 +103,8 @@ static int relay_progress(int step, int steps, void *user) {
 int gen_base_sd3(gen_run *r) {
   const sdgen_params *p = r->p;
   sd3_pipeline *pp = NULL;
-  sd_weights *tw = NULL, *vw = NULL;
-  cJSON *tcfg = NULL, *vcfg = NULL, *scfg = NULL;
+  sd3_models mods = {0};
+  cJSON *scfg = NULL;
   sd_mmdit *m = NULL;
   sd_vae *vae = NULL;
   sd_scheduler *sched = NULL;
@@ -116,16 +116,14 @@ int gen_base_sd3(gen_run *r) {
   double t = sd_now();
   if ((rc = sd3_pipeline_open(&pp, &src, r->err))) return rc;
   /* Bind (not read) the transformer and the VAE: their shapes size the plan. */
-  if ((rc = sd3_pipeline_open_component(pp, SD3_TRANSFORMER, &tw, &tcfg, r->err)) ||
-      (rc = sd_mmdit_load(&m, tw, tcfg, r->err)) ||
-      (rc = sd3_pipeline_open_component(pp, SD3_VAE, &vw, &vcfg, r->err)) ||
-      (rc = sd_vae_load(&vae, vw, vcfg, r->err)))
-    goto done;
+  if ((rc = sd3_pipeline_bind_models(pp, &mods, r->err))) goto done;
+  m = mods.mmdit;
+  vae = mods.vae;
   r->t_load = sd_now() - t;
   sd_monitor_stage(&r->mon, "After model load");
   r->model_type = "sd3";
   int f = sd_vae_downscale(vae), C = m->cfg.in_channels;
-  int native = sd_json_int(tcfg, "sample_size", 128) * f;
+  int native = sd_json_int(mods.transformer_config, "sample_size", 128) * f;
   int W = p->width ? p->width : native, H = p->height ? p->height : native;
   int step = f * m->cfg.patch;
   if (W % step || H % step) {
@@ -146,8 +144,8 @@ int gen_base_sd3(gen_run *r) {
   int no_t5 = p->no_t5;
 
   /* Memory plan. */
-  sd3_plan_ctx u = {.m = m, .vae = vae, .transformer = (int64_t)sd_weights_total_bytes(tw),
-                    .vae_bytes = (int64_t)sd_weights_total_bytes(vw), .n = n, .h = h, .w = w,
+  sd3_plan_ctx u = {.m = m, .vae = vae, .transformer = (int64_t)sd_weights_total_bytes(mods.transformer_weights),
+                    .vae_bytes = (int64_t)sd_weights_total_bytes(mods.vae_weights), .n = n, .h = h, .w = w,
                     .guidance = guidance, .no_t5 = no_t5};
   for (int i = 0; i < 3 && !rc; i++)
     if (i != SD3_T5 || !no_t5)
@@ -273,10 +271,8 @@ int gen_base_sd3(gen_run *r) {
     if ((rc = sd_write_latents(r->latents_path, &nt, r->model_path, r->err))) goto done;
   }
   /* The transformer is done: its pages leave before the VAE runs. */
-  sd_mmdit_free(m);
+  sd3_models_drop_transformer(pp, &mods);
   m = NULL;
-  sd_weights_free(tw);
-  tw = NULL;
   sd_monitor_cleanup(&r->mon, "Releasing the transformer before the decode...");
   t = sd_now();
   r->images = sd_alloc(sizeof(float) * n * 3 * H * W);
@@ -303,12 +299,7 @@ done:
   sd_rng_free(rng);
   sd_scheduler_free(sched);
   cJSON_Delete(scfg);
-  sd_mmdit_free(m);
-  sd_vae_free(vae);
-  sd_weights_free(tw);
-  sd_weights_free(vw);
-  cJSON_Delete(tcfg);
-  cJSON_Delete(vcfg);
+  sd3_models_free(pp, &mods);
   sd3_pipeline_free(pp);
   return rc;
 }

@@ -96,7 +96,7 @@ static const char *const FOLDER_NAMES[] = {"text_encoder", "text_encoder_2",
  * the free; a single file stays mapped for later stages, so its pages are
  * handed back to the OS (they fault in again if a stage needs them). */
 static void close_component(const sd3_pipeline *p, sd_weights *w) {
-  if (w && p->single_file) sd_weights_release_pages(w);
+  if (w && p && p->single_file) sd_weights_release_pages(w);
   sd_weights_free(w);
 }
 
@@ -510,4 +510,32 @@ int sd3_pipeline_encoder_sizes(const sd3_pipeline *p, sd3_component which, int B
   close_component(p, w);
   cJSON_Delete(cfg);
   return rc;
+}
+
+int sd3_pipeline_bind_models(const sd3_pipeline *p, sd3_models *out, sd_error *err) {
+  memset(out, 0, sizeof *out);
+  int rc;
+  if ((rc = open_component(p, COMP_TRANSFORMER, &out->transformer_weights,
+                           &out->transformer_config, err)) ||
+      (rc = sd_mmdit_load(&out->mmdit, out->transformer_weights, out->transformer_config, err)) ||
+      (rc = open_component(p, COMP_VAE, &out->vae_weights, &out->vae_config, err)) ||
+      (rc = sd_vae_load(&out->vae, out->vae_weights, out->vae_config, err)))
+    sd3_models_free(p, out);
+  return rc;
+}
+
+void sd3_models_drop_transformer(const sd3_pipeline *p, sd3_models *m) {
+  sd_mmdit_free(m->mmdit);
+  m->mmdit = NULL;
+  close_component(p, m->transformer_weights);
+  m->transformer_weights = NULL;
+}
+
+void sd3_models_free(const sd3_pipeline *p, sd3_models *m) {
+  sd3_models_drop_transformer(p, m);
+  sd_vae_free(m->vae);
+  close_component(p, m->vae_weights);
+  cJSON_Delete(m->transformer_config);
+  cJSON_Delete(m->vae_config);
+  memset(m, 0, sizeof *m);
 }

@@ -95,6 +95,22 @@ typedef enum sd3_component {
 int sd3_pipeline_open_component(const sd3_pipeline *p, sd3_component which,
                                 sd_weights **w, cJSON **cfg, sd_error *err);
 
+/* The transformer and the VAE bound to their weights (mapped, nothing
+ * read), with their configs; every field is owned by the struct. */
+typedef struct sd3_models {
+  sd_weights *transformer_weights, *vae_weights;
+  cJSON *transformer_config, *vae_config;
+  sd_mmdit *mmdit;
+  sd_vae *vae;
+} sd3_models;
+
+/* Binds both; on failure *out holds nothing. */
+int sd3_pipeline_bind_models(const sd3_pipeline *p, sd3_models *out, sd_error *err);
+/* Frees the MMDiT and gives its weight pages back (unmapped for a folder;
+ * released from RSS for a single file, which later stages still map). */
+void sd3_models_drop_transformer(const sd3_pipeline *p, sd3_models *m);
+void sd3_models_free(const sd3_pipeline *p, sd3_models *m);
+
 /* Text encoders drop each layer's weight pages after it ran (weight
  * streaming; off by default). */
 void sd3_pipeline_set_encoder_streaming(sd3_pipeline *p, int on);
