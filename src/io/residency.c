@@ -5,6 +5,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+void sd_tensors_release_pages(const sd_tensor *const *t, int n) {
+  for (int i = 0; i < n; i++) sd_tensor_release_pages(t[i]);
+}
+
 void sd_tensor_release_pages(const sd_tensor *t) {
   if (!t || t->owns_data || !t->data) return;
   static long page;

@@ -14,5 +14,7 @@
 /* Drops the pages holding t's data from the process (no-op for owned or
  * NULL tensors; data stays readable). */
 void sd_tensor_release_pages(const sd_tensor *t);
+/* The same for n tensors (a layer's weights); NULL entries are skipped. */
+void sd_tensors_release_pages(const sd_tensor *const *t, int n);
 
 #endif

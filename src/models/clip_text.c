@@ -136,9 +136,7 @@ int64_t sd_clip_largest_layer_bytes(const sd_clip *m) {
   int64_t best = 0;
   const sd_tensor *t[16];
   for (int l = 0; l < m->cfg.layers; l++) {
-    int n = layer_tensors(&m->layer[l], t);
-    int64_t b = 0;
-    for (int i = 0; i < n; i++) b += (int64_t)sd_tensor_nbytes(t[i]);
+    int64_t b = sd_tensors_nbytes(t, layer_tensors(&m->layer[l], t));
     if (b > best) best = b;
   }
   return best;
@@ -213,7 +211,7 @@ int sd_clip_encode(const sd_clip *m, const int32_t *ids, int B, int L,
     if (m->stream_weights) {
       const sd_tensor *t[16];
       int n = layer_tensors(Ly, t);
-      for (int i = 0; i < n; i++) sd_tensor_release_pages(t[i]);
+      sd_tensors_release_pages(t, n);
     }
   }
   if (c->layers == 1 && out->penultimate) {

@@ -432,6 +432,24 @@ static int block_tensors(const sd_mmdit_block *b, const sd_tensor **list) {
 
 void sd_mmdit_set_weight_streaming(sd_mmdit *m, int on) { m->stream_weights = on; }
 
+/* The weights used before the blocks (embedders; the position table is
+ * first) and after them (output layer): streamed like a block each. */
+static int head_tensors(const sd_mmdit *m, const sd_tensor **t) {
+  const sd_tensor *all[] = {m->pos_embed, m->patch_w, m->patch_b, m->t1_w,  m->t1_b,
+                            m->t2_w,      m->t2_b,    m->p1_w,    m->p1_b,  m->p2_w,
+                            m->p2_b,      m->ctx_w,   m->ctx_b};
+  int n = (int)(sizeof all / sizeof all[0]);
+  for (int i = 0; i < n; i++) t[i] = all[i];
+  return n;
+}
+
+static int tail_tensors(const sd_mmdit *m, const sd_tensor **t) {
+  const sd_tensor *all[] = {m->out_mod_w, m->out_mod_b, m->proj_w, m->proj_b};
+  int n = (int)(sizeof all / sizeof all[0]);
+  for (int i = 0; i < n; i++) t[i] = all[i];
+  return n;
+}
+
 /* Bytes of pos_embed a forward at latent H x W touches: the cropped grid's
  * rows are gh separate runs of gw * D values, each rounded out to whole
  * pages (the table itself is pos_max^2 * D, far larger for 3.5 Medium). */
@@ -450,21 +468,13 @@ static int64_t pos_embed_touched_bytes(const sd_mmdit *m, int H, int W) {
 int64_t sd_mmdit_streaming_resident_bytes(const sd_mmdit *m, int H, int W) {
   /* The embedders and the output layer are resident one group at a time
    * too (released after use when streaming): count the largest group. */
-  const sd_tensor *head[] = {m->patch_w, m->patch_b, m->t1_w, m->t1_b, m->t2_w, m->t2_b,
-                             m->p1_w,    m->p1_b,    m->p2_w, m->p2_b, m->ctx_w, m->ctx_b};
-  const sd_tensor *tail[] = {m->out_mod_w, m->out_mod_b, m->proj_w, m->proj_b};
-  int64_t head_bytes = pos_embed_touched_bytes(m, H, W), tail_bytes = 0;
-  for (size_t k = 0; k < sizeof head / sizeof head[0]; k++)
-    if (head[k]) head_bytes += (int64_t)sd_tensor_nbytes(head[k]);
-  for (size_t k = 0; k < sizeof tail / sizeof tail[0]; k++)
-    if (tail[k]) tail_bytes += (int64_t)sd_tensor_nbytes(tail[k]);
-  int64_t best = head_bytes > tail_bytes ? head_bytes : tail_bytes;
   const sd_tensor *list[48];
+  int n = head_tensors(m, list); /* list[0] is the position table */
+  int64_t head_bytes = pos_embed_touched_bytes(m, H, W) + sd_tensors_nbytes(list + 1, n - 1);
+  int64_t tail_bytes = sd_tensors_nbytes(list, tail_tensors(m, list));
+  int64_t best = head_bytes > tail_bytes ? head_bytes : tail_bytes;
   for (int i = 0; i < m->cfg.layers; i++) {
-    int n = block_tensors(&m->block[i], list);
-    int64_t b = 0;
-    for (int k = 0; k < n; k++)
-      if (list[k]) b += (int64_t)sd_tensor_nbytes(list[k]);
+    int64_t b = sd_tensors_nbytes(list, block_tensors(&m->block[i], list));
     if (b > best) best = b;
   }
   return best;
@@ -518,21 +528,13 @@ int sd_mmdit_forward(const sd_mmdit *m, const float *x, int B, int H, int W,
       (rc = embed_conditioning(m, timesteps, pooled, B, &s)) ||
       (rc = sd_linear(s.c, context, (int64_t)B * L, c->joint_dim, m->ctx_w, m->ctx_b)))
     goto done;
-  if (m->stream_weights) {
-    /* The embedders are done for this step: only a block's weights (or
-     * the output layer's, later) are resident at a time. */
-    const sd_tensor *used[] = {m->patch_w, m->patch_b, m->pos_embed, m->t1_w, m->t1_b,
-                               m->t2_w,    m->t2_b,    m->p1_w,      m->p1_b, m->p2_w,
-                               m->p2_b,    m->ctx_w,   m->ctx_b};
-    for (size_t k = 0; k < sizeof used / sizeof used[0]; k++) sd_tensor_release_pages(used[k]);
-  }
+  /* Streaming: the embedders are done for this step; only a block's
+   * weights (or the output layer's, later) are resident at a time. */
+  const sd_tensor *used[48];
+  if (m->stream_weights) sd_tensors_release_pages(used, head_tensors(m, used));
   for (int i = 0; i < c->layers; i++) {
     if ((rc = run_block(m, &m->block[i], B, N, L, kv_chunk, &s))) goto done;
-    if (m->stream_weights) {
-      const sd_tensor *list[48];
-      int n = block_tensors(&m->block[i], list);
-      for (int k = 0; k < n; k++) sd_tensor_release_pages(list[k]);
-    }
+    if (m->stream_weights) sd_tensors_release_pages(used, block_tensors(&m->block[i], used));
   }
 
   /* norm_out: AdaLayerNormContinuous, (scale, shift). */
@@ -541,10 +543,7 @@ int sd_mmdit_forward(const sd_mmdit *m, const float *x, int B, int H, int W,
   const int64_t od = (int64_t)p * p * c->out_channels;
   float *y = conv; /* (B, N, p*p*C): fits, since N*p*p = H*W */
   if ((rc = sd_linear(y, s.xn, B * N, D, m->proj_w, m->proj_b))) goto done;
-  if (m->stream_weights) {
-    const sd_tensor *used[] = {m->out_mod_w, m->out_mod_b, m->proj_w, m->proj_b};
-    for (size_t k = 0; k < sizeof used / sizeof used[0]; k++) sd_tensor_release_pages(used[k]);
-  }
+  if (m->stream_weights) sd_tensors_release_pages(used, tail_tensors(m, used));
   /* Unpatchify: token (i, j) channel (pi*p + pj)*C + ch -> pixel
    * (ch, i*p + pi, j*p + pj). */
   const int C = c->out_channels;

@@ -154,9 +154,7 @@ int64_t sd_t5_largest_layer_bytes(const sd_t5 *m) {
   int64_t best = 0;
   const sd_tensor *t[9];
   for (int l = 0; l < m->cfg.layers; l++) {
-    int n = layer_tensors(&m->layer[l], t);
-    int64_t b = 0;
-    for (int i = 0; i < n; i++) b += (int64_t)sd_tensor_nbytes(t[i]);
+    int64_t b = sd_tensors_nbytes(t, layer_tensors(&m->layer[l], t));
     if (b > best) best = b;
   }
   return best;
@@ -253,7 +251,7 @@ int sd_t5_encode(const sd_t5 *m, const int32_t *ids, int B, int L, float *out,
     if (m->stream_weights) {
       const sd_tensor *t[9];
       int n = layer_tensors(ly, t);
-      for (int i = 0; i < n; i++) sd_tensor_release_pages(t[i]);
+      sd_tensors_release_pages(t, n);
     }
   }
   if (rc) {

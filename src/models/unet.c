@@ -308,21 +308,13 @@ const sd_unet_config *sd_unet_get_config(const sd_unet *m) { return &m->cfg; }
 #define RELEASE(...)                                                      \
   do {                                                                    \
     const sd_tensor *list_[] = {__VA_ARGS__};                             \
-    for (size_t i_ = 0; i_ < sizeof list_ / sizeof list_[0]; i_++)        \
-      sd_tensor_release_pages(list_[i_]);                                 \
+    sd_tensors_release_pages(list_, (int)(sizeof list_ / sizeof list_[0])); \
   } while (0)
-
-static int64_t bytes_of(const sd_tensor *const *list, int n) {
-  int64_t b = 0;
-  for (int i = 0; i < n; i++)
-    if (list[i]) b += (int64_t)sd_tensor_nbytes(list[i]);
-  return b;
-}
 
 static int64_t resnet_bytes(const resnet *r) {
   const sd_tensor *l[] = {r->norm1_w, r->norm1_b, r->conv1_w, r->conv1_b, r->temb_w, r->temb_b,
                           r->norm2_w, r->norm2_b, r->conv2_w, r->conv2_b, r->skip_w, r->skip_b};
-  return bytes_of(l, 12);
+  return sd_tensors_nbytes(l, 12);
 }
 
 static void release_resnet(const resnet *r) {
@@ -335,7 +327,7 @@ static int64_t tblock_bytes(const tblock *k) {
                           k->self.q, k->self.k, k->self.v, k->self.out_w, k->self.out_b,
                           k->cross.q, k->cross.k, k->cross.v, k->cross.out_w, k->cross.out_b,
                           k->ff1_w, k->ff1_b, k->ff2_w, k->ff2_b};
-  return bytes_of(l, 20);
+  return sd_tensors_nbytes(l, 20);
 }
 
 static void release_tblock(const tblock *k) {

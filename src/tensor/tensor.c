@@ -40,6 +40,13 @@ size_t sd_tensor_nbytes(const sd_tensor *t) {
   return (size_t)sd_tensor_numel(t) * sd_dtype_size(t->dtype);
 }
 
+int64_t sd_tensors_nbytes(const sd_tensor *const *t, int n) {
+  int64_t b = 0;
+  for (int i = 0; i < n; i++)
+    if (t[i]) b += (int64_t)sd_tensor_nbytes(t[i]);
+  return b;
+}
+
 sd_tensor *sd_tensor_new_dtype(sd_dtype dtype, int ndim, const int64_t *shape) {
   if (ndim < 0 || ndim > SD_MAX_DIMS || (unsigned)dtype >= SD_DTYPE_COUNT)
     return NULL;

@@ -47,6 +47,8 @@ int sd_dtype_from_name(const char *name);
 
 int64_t sd_tensor_numel(const sd_tensor *t);
 size_t sd_tensor_nbytes(const sd_tensor *t);
+/* Total bytes of n tensors; NULL entries (optional weights) count 0. */
+int64_t sd_tensors_nbytes(const sd_tensor *const *t, int n);
 
 /* Allocates an owned F32 tensor (uninitialized) of the given shape. Returns
  * NULL on allocation failure or invalid shape. Free with sd_tensor_free. */
