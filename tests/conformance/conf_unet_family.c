@@ -276,6 +276,7 @@ void conf_suite_unet_family(conf_ctx *c, const char *model, const char *golden_d
     char id[512];
     snprintf(id, sizeof id, "%s/%s", model, name);
     if (!conf_wants(c, id)) continue;
+    if (!conf_requires_met(c, id, kase)) continue;
     if (strcmp(kind, "scheduler") == 0) {
       conf_scheduler_case(c, model, golden_dir, root, kase);
       continue;

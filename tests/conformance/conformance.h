@@ -47,6 +47,13 @@ void conf_result(conf_ctx *c, const char *id, int ok, const char *fmt, ...)
 void conf_skip(conf_ctx *c, const char *id, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* A case may list under "requires" the features a runner must implement to
+ * run it (fixtures README). Returns 1 when this runner implements every one;
+ * otherwise reports the case as failed, naming the missing feature, and
+ * returns 0: a case is never run while ignoring a feature, nor skipped
+ * silently. The features are listed in main.c (conf_features). */
+int conf_requires_met(conf_ctx *c, const char *id, const cJSON *kase);
+
 /* Relative L2 error ||a - b|| / ||b|| (double accumulation). */
 double conf_rel_l2(const float *a, const float *b, int64_t n);
 /* Max |a - b|. */

@@ -38,6 +38,32 @@ void conf_skip(conf_ctx *c, const char *id, const char *fmt, ...) {
   fflush(stdout);
 }
 
+/* Case features ("requires") this runner implements, one line each. */
+static const char *const conf_features[] = {
+    NULL,
+};
+
+int conf_requires_met(conf_ctx *c, const char *id, const cJSON *kase) {
+  const cJSON *req = cJSON_GetObjectItemCaseSensitive(kase, "requires");
+  if (!req) return 1;
+  if (!cJSON_IsArray(req)) {
+    conf_result(c, id, 0, "\"requires\" is not a list");
+    return 0;
+  }
+  const cJSON *f;
+  cJSON_ArrayForEach(f, req) {
+    int known = 0;
+    for (int i = 0; conf_features[i] && cJSON_IsString(f); i++)
+      if (strcmp(conf_features[i], f->valuestring) == 0) known = 1;
+    if (!known) {
+      conf_result(c, id, 0, "requires feature '%s', which this runner does not implement",
+                  cJSON_IsString(f) ? f->valuestring : "?");
+      return 0;
+    }
+  }
+  return 1;
+}
+
 double conf_rel_l2(const float *a, const float *b, int64_t n) {
   double num = 0, den = 0;
   for (int64_t i = 0; i < n; i++) {
@@ -156,7 +182,13 @@ int main(int argc, char **argv) {
     char dir[4096], cj[4200];
     snprintf(dir, sizeof dir, "%s/golden/%s", c.fixtures, names[i]);
     snprintf(cj, sizeof cj, "%s/cases.json", dir);
+    struct stat st;
+    if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode)) { /* a file beside the folders */
+      free(names[i]);
+      continue;
+    }
     if (!exists(cj)) {
+      conf_result(&c, names[i], 0, "golden folder has no cases.json");
       free(names[i]);
       continue;
     }
