@@ -37,6 +37,14 @@ enum {
   SDGEN_EVENT_PLAN,
 };
 
+/* One LoRA adapter: a .safetensors file (kohya / sd-scripts or diffusers /
+ * PEFT layout), a name under lora_dir, or a hub name (ORG/NAME), and its
+ * scale (1.0 = as trained; may be negative). */
+typedef struct sdgen_lora {
+  const char *path;
+  float scale;
+} sdgen_lora;
+
 typedef struct sdgen_params {
   const char *prompt;
   const char *negative_prompt; /* NULL: none */
@@ -84,12 +92,26 @@ typedef struct sdgen_params {
    * streaming, 5 one image of the batch at a time; -1: no minimum) */
   int min_plan;
   int offline;                 /* never download; use the Hugging Face cache only */
+  /* adapters and few-step schedules */
+  const sdgen_lora *loras;     /* n_loras adapters, applied in order (deltas add) */
+  int n_loras;
+  const char *lora_dir;        /* where <lora:NAME:SCALE> and bare names are looked up */
+  const char *timestep_spacing; /* "leading", "linspace", "trailing"; NULL: scheduler config */
+  /* decoder: NULL = the model's VAE; "taesd" = the tiny autoencoder of the
+   * model's family (taesd, taesdxl, taesd3); or a path / hub name of an
+   * AutoencoderTiny folder or madebyollin's taesd_*.safetensors / .pth files */
+  const char *vae;
+  int preview_every;           /* > 0: a tiny-VAE preview every N denoising steps */
   /* callbacks */
   int (*on_progress)(int step, int total, double elapsed_s, void *user); /* nonzero: cancel */
   void (*on_event)(int kind, const char *text, void *user);
   /* download progress per file (total -1 if unknown); nonzero: cancel */
   int (*on_download)(void *user, const char *file, int64_t done, int64_t total,
                      double bytes_per_s);
+  /* preview image (RGB, 8 bits, width x height x 3) every preview_every
+   * steps; the buffer lives until the callback returns */
+  void (*on_preview)(int step, int total, int width, int height, const unsigned char *rgb,
+                     void *user);
   void *user;
 } sdgen_params;
 
@@ -129,6 +151,23 @@ int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *params, const char *latents
  * ("mmdit step" for SD3; ", W% of bf16 ceiling" added in bf16 mode).
  * json_path: also write everything as JSON there (NULL: no file). */
 int sdgen_bench(sdgen_ctx *ctx, const sdgen_params *params, const char *json_path, FILE *out);
+
+/* Resident models: load once, generate many, release.
+ *
+ *   sdgen_model *m;
+ *   if (sdgen_model_load(ctx, &p, &m) == 0) {
+ *     for (...) sdgen_model_generate(ctx, m, &p, &res);   // p.model ignored
+ *     sdgen_model_free(m);
+ *   }
+ *
+ * A model handle keeps params->model (and its refiner, LoRAs and decoder as
+ * given at load) mapped and parsed between generations; each generation
+ * still runs the memory plan. A handle is used by one generation at a time. */
+typedef struct sdgen_model sdgen_model;
+int sdgen_model_load(sdgen_ctx *ctx, const sdgen_params *params, sdgen_model **out);
+int sdgen_model_generate(sdgen_ctx *ctx, sdgen_model *model, const sdgen_params *params,
+                         sdgen_result *result);
+void sdgen_model_free(sdgen_model *model);
 
 /* Message of the last failure on ctx ("" if none). */
 const char *sdgen_last_error(const sdgen_ctx *ctx);
