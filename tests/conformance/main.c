@@ -40,6 +40,7 @@ void conf_skip(conf_ctx *c, const char *id, const char *fmt, ...) {
 
 /* Case features ("requires") this runner implements, one line each. */
 static const char *const conf_features[] = {
+    "lora", /* text_encoder, unet, txt2img: the case's LoRA list, merged and side path */
     NULL,
 };
 
