@@ -95,8 +95,7 @@ void srv_engine_free(srv_engine *e) {
 int srv_engine_set_model(srv_engine *e, const char *name, srv_error *err) {
   char path[4096];
   if (srv_model_resolve(&e->models, name, path, sizeof path)) {
-    srv_set_error(err, 404, "unknown model", "'%.200s' is not listed in /sdapi/v1/sd-models",
-                  name);
+    srv_set_error(err, 404, "unknown model", "the model is not listed in /sdapi/v1/sd-models");
     return -1;
   }
   pthread_mutex_lock(&e->mu);
@@ -343,16 +342,14 @@ int srv_engine_run(srv_engine *e, const srv_request *r, cJSON **out, srv_error *
     return -1;
   }
   if (srv_model_resolve(&e->models, model, model_path, sizeof model_path)) {
-    srv_set_error(err, 404, "unknown model", "'%.200s' is not listed in /sdapi/v1/sd-models",
-                  model);
+    srv_set_error(err, 404, "unknown model", "the model is not listed in /sdapi/v1/sd-models");
     return -1;
   }
   sdgen_lora loras[SRV_MAX_LORAS];
   char lora_paths[SRV_MAX_LORAS][4096];
   for (int k = 0; k < r->n_loras; k++) {
     if (srv_lora_resolve(&e->models, r->loras[k].name, lora_paths[k], sizeof lora_paths[k])) {
-      srv_set_error(err, 404, "unknown lora", "'%.200s' is not listed in /sdapi/v1/loras",
-                    r->loras[k].name);
+      srv_set_error(err, 404, "unknown lora", "loras[%d] is not listed in /sdapi/v1/loras", k);
       return -1;
     }
     loras[k].path = lora_paths[k];
@@ -361,7 +358,7 @@ int srv_engine_run(srv_engine *e, const srv_request *r, cJSON **out, srv_error *
   char vae_path[4096] = "";
   if (r->vae[0] && strcmp(r->vae, "taesd") != 0 &&
       srv_model_resolve(&e->models, r->vae, vae_path, sizeof vae_path)) {
-    srv_set_error(err, 404, "unknown vae", "'%.200s' is not taesd or a listed model", r->vae);
+    srv_set_error(err, 404, "unknown vae", "vae is not taesd or a listed model");
     return -1;
   }
   if (r->vae[0] && !vae_path[0]) snprintf(vae_path, sizeof vae_path, "taesd");

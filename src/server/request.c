@@ -245,7 +245,14 @@ static cJSON *parse_object(const char *body, size_t len, srv_error *e) {
     srv_set_error(e, 400, "malformed JSON", "empty body");
     return NULL;
   }
-  cJSON *o = cJSON_ParseWithLength(body, len);
+  const char *end = NULL;
+  cJSON *o = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+  while (o && end && end < body + len && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
+    end++;
+  if (o && end != body + len) {
+    cJSON_Delete(o);
+    o = NULL;
+  }
   if (!o) {
     srv_set_error(e, 400, "malformed JSON", "the body is not valid JSON");
     return NULL;

@@ -265,10 +265,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (!(k = calloc(1, sizeof *k))) return MHD_NO;
     *con_cls = k;
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-    if (cl && strtoull(cl, NULL, 10) > s->max_body) {
-      k->too_big = 1;
-      return fail(c, 413, "body too large", "the request body is over the server's limit");
-    }
+    /* an oversized body is read and dropped, then answered with 413:
+     * clients that send the whole body first would see a broken pipe */
+    if (cl && strtoull(cl, NULL, 10) > s->max_body) k->too_big = 1;
     return MHD_YES;
   }
   if (*upload_data_size) {
