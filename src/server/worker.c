@@ -70,6 +70,8 @@ static int run_entry(worker *w, const redisReply *entry) {
     int done = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     freeReplyObject(r);
     if (!done) {
+      printf("job %s started\n", id->str);
+      fflush(stdout);
       int k = atoi(kind->str);
       srv_request req;
       srv_error e;
