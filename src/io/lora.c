@@ -595,6 +595,19 @@ int sd_adapter_touched(const sd_adapter *a, sd_lora_target_kind kind) {
   return n;
 }
 
+int64_t sd_adapter_side_scratch_bytes(const sd_adapter *a, sd_lora_target_kind kind,
+                                      int64_t rows) {
+  int64_t best = 0;
+  for (int i = 0; a && i < a->nt; i++) {
+    if (kind_of(a, &a->t[i]) != (int)kind) continue;
+    for (const sd_lowrank *s = a->t[i].terms; s; s = s->next) {
+      int64_t b = 4 * sd_lowrank_rank(s) * (rows + s->up.shape[0]);
+      if (b > best) best = b;
+    }
+  }
+  return best;
+}
+
 int sd_adapter_is_merged(const sd_adapter *a) { return a && a->merged; }
 
 int sd_adapter_load(sd_adapter **out, const sd_lora_spec *specs, int n,
