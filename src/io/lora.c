@@ -148,11 +148,12 @@ int sd_lora_open(sd_lora **out, const char *path, sd_error *err) {
       if (ends_with(key, k_suffixes[s].suffix, &stem)) role = k_suffixes[s].role;
     for (int q = 0; q < COUNT(k_prefixes) && role >= 0 && p < 0; q++)
       if (strncmp(key, k_prefixes[q].prefix, strlen(k_prefixes[q].prefix)) == 0) p = q;
-    if (role < 0 || p < 0) {
+    if (role < 0 || p < 0) { /* key lives in l->w: the message first */
+      rc = sd_fail(err, SD_ERR_FORMAT,
+                   "LoRA %s: unknown key '%s' (not a kohya or diffusers/PEFT LoRA tensor)",
+                   path, key);
       sd_lora_free(l);
-      return sd_fail(err, SD_ERR_FORMAT,
-                     "LoRA %s: unknown key '%s' (not a kohya or diffusers/PEFT LoRA tensor)",
-                     path, key);
+      return rc;
     }
     if (key[0] == 'l') kohya = 1; else peft = 1;
     if (k_prefixes[p].family != SD_LORA_FAMILY_ANY) {
