@@ -64,6 +64,8 @@ static void usage(FILE *f) {
           "  --cfg X                 guidance scale (default 7.5 SD 1.5, 5.0 SDXL)\n"
           "  --sampler NAME          pndm ddim euler euler_a dpmpp_2m dpmpp_2m_karras lcm\n"
           "                          flow_euler (default: the model's scheduler)\n"
+          "  --timestep-spacing S    leading, linspace or trailing (Turbo, Hyper-SD,\n"
+          "                          Lightning: trailing; default: the scheduler config)\n"
           "  --rng cpu|cuda          noise as torch's CPU generator (diffusers) or CUDA's\n"
           "  --init-image FILE       img2img from a PNG or JPEG\n"
           "  --strength X            img2img strength in (0, 1] (default 0.8)\n"
@@ -315,6 +317,9 @@ int main(int argc, char **argv) {
       NEED_VALUE;
       p.sampler = val;
       g.sampler = 1;
+    } else if (IS("--timestep-spacing")) {
+      NEED_VALUE;
+      p.timestep_spacing = val;
     } else if (IS("--rng")) {
       NEED_VALUE;
       p.rng = val;

@@ -50,6 +50,7 @@ struct sd_unet {
   const sd_tensor *conv_in_w, *conv_in_b;
   const sd_tensor *time1_w, *time1_b, *time2_w, *time2_b;
   const sd_tensor *add1_w, *add1_b, *add2_w, *add2_b;
+  const sd_tensor *cond_proj_w; /* (C0, time_cond_proj_dim), LCM-distilled UNets; or NULL */
   level down[SD_UNET_MAX_LEVELS], up[SD_UNET_MAX_LEVELS];
   resnet mid_res[2];
   transformer *mid_attn;
@@ -275,6 +276,24 @@ int sd_unet_load(sd_unet **out, const sd_weights *w, const cJSON *config,
     if (b.rc) goto fail;
     c->add_in_dim = (int)m->add1_w->shape[1];
     if (!c->addition_time_embed_dim) c->addition_time_embed_dim = 256;
+  }
+  if (sd_weights_get(w, "time_embedding.cond_proj.weight")) {
+    m->cond_proj_w = sd_bind(&b, 2, "time_embedding.cond_proj.weight");
+    if (b.rc) goto fail;
+    c->time_cond_proj_dim = (int)m->cond_proj_w->shape[1];
+    if (m->cond_proj_w->shape[0] != m->time1_w->shape[1] ||
+        (config && sd_json_has(config, "time_cond_proj_dim") &&
+         sd_json_int(config, "time_cond_proj_dim", 0) != c->time_cond_proj_dim)) {
+      b.rc = sd_fail(err, SD_ERR_FORMAT,
+                     "UNet: time_embedding.cond_proj.weight does not match the time "
+                     "embedding or time_cond_proj_dim");
+      goto fail;
+    }
+  } else if (sd_json_int(config, "time_cond_proj_dim", 0) > 0) {
+    b.rc = sd_fail(err, SD_ERR_FORMAT,
+                   "UNet: config has time_cond_proj_dim but the weights have no "
+                   "time_embedding.cond_proj.weight");
+    goto fail;
   }
   c->sample_size = sd_json_int(config, "sample_size", m->add1_w ? 128 : 64);
   for (int i = 0; i < c->levels; i++)
@@ -503,6 +522,22 @@ done:
   return rc;
 }
 
+void sd_unet_guidance_embedding(float *out, const float *w, int B, int dim) {
+  int half = dim / 2;
+  /* float32 throughout, in diffusers' order of operations */
+  float step = logf(10000.0f) / (float)(half > 1 ? half - 1 : 1);
+  for (int b = 0; b < B; b++) {
+    float wb = w[b] * 1000.0f;
+    float *row = out + (int64_t)b * dim;
+    for (int k = 0; k < half; k++) {
+      float a = wb * expf((float)k * -step);
+      row[k] = (float)sin((double)a);
+      row[half + k] = (float)cos((double)a);
+    }
+    if (dim % 2) row[dim - 1] = 0.0f;
+  }
+}
+
 static int time_embedding(const sd_unet *m, int B, const float *timesteps,
                           const sd_unet_cond *cond, float *temb_act, sd_error *err) {
   const sd_unet_config *c = &m->cfg;
@@ -516,6 +551,18 @@ static int time_embedding(const sd_unet *m, int B, const float *timesteps,
   }
   sd_timestep_embedding(proj, timesteps, B, C0, c->flip_sin_to_cos, c->freq_shift, 1.0f,
                         10000.0f);
+  if (m->cond_proj_w) {
+    /* LCM-distilled UNets: the guidance embedding enters through cond_proj
+     * (no bias), added to the sinusoid before linear_1. */
+    if (!cond->timestep_cond) {
+      rc = sd_fail(err, SD_ERR_ARG, "this UNet (LCM) needs a guidance embedding (timestep_cond)");
+      goto done;
+    }
+    if ((rc = sd_linear(hid, cond->timestep_cond, B, c->time_cond_proj_dim, m->cond_proj_w,
+                        NULL)))
+      goto oom;
+    sd_add_inplace(proj, hid, (int64_t)B * C0);
+  }
   if ((rc = sd_linear(hid, proj, B, C0, m->time1_w, m->time1_b))) goto oom;
   sd_silu(hid, (int64_t)B * T);
   if ((rc = sd_linear(temb_act, hid, B, T, m->time2_w, m->time2_b))) goto oom;
@@ -702,7 +749,7 @@ int sd_unet_forward(const sd_unet *m, const float *sample, int B, int H, int W,
   if ((rc = sd_conv2d(out, cur, B, ch, h, w, m->conv_out_w, m->conv_out_b, 1, 1))) goto oom;
   if (m->stream_weights) {
     /* the small tensors too: a streamed run leaves nothing resident */
-    RELEASE(m->conv_in_w, m->conv_in_b, m->time1_w, m->time1_b, m->time2_w, m->time2_b,
+    RELEASE(m->cond_proj_w, m->conv_in_w, m->conv_in_b, m->time1_w, m->time1_b, m->time2_w, m->time2_b,
             m->add1_w, m->add1_b, m->add2_w, m->add2_b, m->norm_out_w, m->norm_out_b,
             m->conv_out_w, m->conv_out_b);
     for (int i = 0; i < c->levels; i++)

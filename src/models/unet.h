@@ -34,6 +34,7 @@ typedef struct sd_unet_config {
   int addition_time_embed_dim;
   int add_in_dim;               /* projection_class_embeddings_input_dim */
   int sample_size;              /* native latent size (64 SD1, 128 SDXL) */
+  int time_cond_proj_dim;       /* LCM-distilled UNets: guidance embedding size; 0 = none */
 } sd_unet_config;
 
 typedef struct sd_unet sd_unet;
@@ -60,7 +61,13 @@ typedef struct sd_unet_cond {
   const float *text_embeds; /* SDXL: (B, pooled_dim) or NULL */
   const float *time_ids;    /* SDXL: (B, n_ids) or NULL */
   int n_time_ids;
+  const float *timestep_cond; /* LCM: (B, time_cond_proj_dim) guidance embedding or NULL */
 } sd_unet_cond;
+
+/* diffusers' get_guidance_scale_embedding (LatentConsistencyModelPipeline):
+ * out (B, dim) = [sin(1000 w f), cos(1000 w f)], f_k = exp(-k ln(10000) /
+ * (dim/2 - 1)), for w = guidance_scale - 1 per batch row; dim even. */
+void sd_unet_guidance_embedding(float *out, const float *w, int B, int dim);
 
 /* out (B, out_ch, H, W) = unet(sample (B, in_ch, H, W), t (B), cond).
  * kv_chunk: attention key chunk (0 = default). */

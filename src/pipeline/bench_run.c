@@ -366,7 +366,8 @@ static int bench_unet(bench *b, const sdgen_params *p, const char *prompt, const
     goto done;
   }
   double gf = B * unet_flops(m->w_unet, h, w, cond.ctx_len) * 1e-9;
-  sd_unet_cond uconds = {cond.context, cond.ctx_len, cond.pooled, cond.time_ids, cond.n_time_ids};
+  sd_unet_cond uconds = {cond.context, cond.ctx_len, cond.pooled, cond.time_ids, cond.n_time_ids,
+                         NULL};
   for (int s = b->warmup ? 0 : 1; s < 2; s++) {
     float ts[2] = {981.0f - 20.0f * s, 981.0f - 20.0f * s};
     stage_begin(b, s == 1);

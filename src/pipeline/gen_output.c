@@ -68,6 +68,8 @@ static void a1111_parameters(const gen_run *r, char *buf, size_t n) {
     u += (size_t)snprintf(buf + u, n - u, ", Refiner: %s", base_name(r->refiner_path));
   if (r->upscale_method[0] && u < n)
     u += (size_t)snprintf(buf + u, n - u, ", Upscale: %dx %s", p->upscale, r->upscale_method);
+  if (p->timestep_spacing && u < n)
+    u += (size_t)snprintf(buf + u, n - u, ", Schedule type: %s", p->timestep_spacing);
   if (r->n_loras && u < n) {
     u += (size_t)snprintf(buf + u, n - u, ", Lora: \"");
     for (int i = 0; i < r->n_loras && u < n; i++)
@@ -93,6 +95,10 @@ static cJSON *metadata(const gen_run *r, int index, const char *png_name) {
   cJSON_AddStringToObject(o, "generator", p->rng ? p->rng : "cpu");
   cJSON_AddNumberToObject(o, "steps", r->steps);
   cJSON_AddStringToObject(o, "sampler", sd_sampler_name(r->sampler));
+  if (p->timestep_spacing)
+    cJSON_AddStringToObject(o, "timestep_spacing", p->timestep_spacing);
+  else
+    cJSON_AddNullToObject(o, "timestep_spacing");
   cJSON_AddNumberToObject(o, "cfg", r->cfg);
   cJSON_AddNumberToObject(o, "width", r->width);
   cJSON_AddNumberToObject(o, "height", r->height);

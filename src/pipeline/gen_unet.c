@@ -137,10 +137,12 @@ static int64_t plan_unet_forward(const sd_unet_model *m, int B, int h, int w, in
   float *ts = sd_calloc((size_t)B, sizeof(float));
   float *te = pooled ? sd_calloc((size_t)B * pooled, sizeof(float)) : NULL;
   float *ids = n_ids ? sd_calloc((size_t)B * n_ids, sizeof(float)) : NULL;
+  float *tc = c->time_cond_proj_dim ? sd_calloc((size_t)B * c->time_cond_proj_dim, sizeof(float))
+                                    : NULL;
   int64_t base = sd_alloc_get_stats().bytes_in_use;
   int64_t peak = -1;
-  if (x && out && ctx && ts) {
-    sd_unet_cond cond = {ctx, ctx_len, te, ids, n_ids};
+  if (x && out && ctx && ts && (tc || !c->time_cond_proj_dim)) {
+    sd_unet_cond cond = {ctx, ctx_len, te, ids, n_ids, tc};
     sd_error e = {0};
     sd_alloc_reset_peak();
     if (sd_unet_forward(m->unet, x, B, h, w, ts, &cond, out, 0, &e) == SD_OK)
@@ -152,6 +154,7 @@ static int64_t plan_unet_forward(const sd_unet_model *m, int B, int h, int w, in
   sd_free(ts);
   sd_free(te);
   sd_free(ids);
+  sd_free(tc);
   sd_plan_end();
   return peak; /* -1: the plan run itself failed (out of memory) */
 }
@@ -454,7 +457,8 @@ int gen_base_unet(gen_run *r) {
   sd_unet_model *m = NULL;
   sd_scheduler *sched = NULL;
   sd_conditioning cond = {0};
-  float *lat = NULL, *init = NULL, *noise = NULL;
+  float *lat = NULL, *init = NULL, *noise = NULL, *tcond = NULL;
+  cJSON *overrides = NULL;
   int rc = load_model(r, r->model_path, &m);
   if (rc) return rc;
   sd_monitor_stage(&r->mon, "After model load");
@@ -470,14 +474,30 @@ int gen_base_unet(gen_run *r) {
   }
   r->width = W;
   r->height = H;
-  r->cfg = p->cfg >= 0 ? p->cfg : (m->family == SD_MODEL_SD1 ? 7.5f : 5.0f);
+  /* An LCM-distilled UNet takes the guidance as an embedding input
+   * (LatentConsistencyModelPipeline, default 8.5): never a CFG batch. */
+  int lcm_unet = uc->time_cond_proj_dim > 0;
+  r->cfg = p->cfg >= 0 ? p->cfg : lcm_unet ? 8.5f : (m->family == SD_MODEL_SD1 ? 7.5f : 5.0f);
+  float cfg_batch = lcm_unet ? 0.0f : r->cfg;
   int n = r->n, h = H / f, w = W / f, C = uc->in_channels;
   sd_sampler kind = p->sampler ? (sd_sampler)sd_sampler_parse(p->sampler) : SD_SAMPLER_DEFAULT;
-  if ((rc = sd_scheduler_create(&sched, m->scheduler_config, kind, NULL, r->err)) ||
+  if (p->timestep_spacing) {
+    overrides = cJSON_CreateObject();
+    if (!overrides || !cJSON_AddStringToObject(overrides, "timestep_spacing", p->timestep_spacing))
+      goto oom;
+  }
+  if ((rc = sd_scheduler_create(&sched, m->scheduler_config, kind, overrides, r->err)) ||
       (rc = sd_scheduler_set_timesteps(sched, r->steps, r->err)))
     goto done;
   r->sampler = sd_scheduler_kind(sched);
-  if ((rc = plan_run(r, m, n, h, w, r->cfg > 1.0f))) goto done;
+  if (lcm_unet) {
+    float wv = r->cfg - 1.0f;
+    if (!(tcond = sd_alloc(sizeof(float) * n * uc->time_cond_proj_dim))) goto oom;
+    for (int b = 0; b < n; b++)
+      sd_unet_guidance_embedding(tcond + (int64_t)b * uc->time_cond_proj_dim, &wv, 1,
+                                 uc->time_cond_proj_dim);
+  }
+  if ((rc = plan_run(r, m, n, h, w, cfg_batch > 1.0f))) goto done;
   /* Both stages are planned before any weight is read: a refiner that
    * cannot fit refuses the run here, not after the base has run. */
   if (p->refiner && (rc = gen_plan_refiner(r))) goto done;
@@ -488,7 +508,7 @@ int gen_base_unet(gen_run *r) {
 
   sd_monitor_cleanup(&r->mon, "Cleaning memory before generation...");
   sd_monitor_stage(&r->mon, "Before generation");
-  if ((rc = encode(r, m, r->have_plan ? &r->plan : NULL, n, r->cfg, W, H, &cond))) goto done;
+  if ((rc = encode(r, m, r->have_plan ? &r->plan : NULL, n, cfg_batch, W, H, &cond))) goto done;
 
   int64_t N = (int64_t)n * C * h * w;
   lat = sd_alloc(sizeof(float) * N);
@@ -528,8 +548,9 @@ int gen_base_unet(gen_run *r) {
     in.image = init;
     in.noise = noise;
   }
-  sd_denoise_options dopt = {.guidance_scale = r->cfg, .steps = r->steps, .sampler = r->sampler,
-                             .begin_index = begin, .on_step = gen_progress, .user = r};
+  sd_denoise_options dopt = {.guidance_scale = cfg_batch, .steps = r->steps,
+                             .sampler = r->sampler, .begin_index = begin,
+                             .timestep_cond = tcond, .on_step = gen_progress, .user = r};
   if (p->refiner_switch > 0) /* the refiner takes over the low-noise end */
     dopt.end_index = sd_denoising_split_index(
         sched, p->refiner_switch, sd_json_int(m->scheduler_config, "num_train_timesteps", 1000));
@@ -567,6 +588,8 @@ done:
   sd_free(lat);
   sd_free(init);
   sd_free(noise);
+  sd_free(tcond);
+  cJSON_Delete(overrides);
   sd_conditioning_free(&cond);
   sd_scheduler_free(sched);
   sd_unet_model_free(m);

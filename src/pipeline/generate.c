@@ -84,6 +84,11 @@ int sd_validate_params(const sdgen_params *p, sd_error *err) {
                    "unknown sampler '%s' (pndm, ddim, euler, euler_a, dpmpp_2m, "
                    "dpmpp_2m_karras, lcm, flow_euler)",
                    p->sampler);
+  if (p->timestep_spacing && strcmp(p->timestep_spacing, "leading") &&
+      strcmp(p->timestep_spacing, "linspace") && strcmp(p->timestep_spacing, "trailing"))
+    return sd_fail(err, SD_ERR_ARG,
+                   "unknown timestep spacing '%s' (leading, linspace or trailing)",
+                   p->timestep_spacing);
   if (p->rng && sd_rng_kind_parse(p->rng) < 0)
     return sd_fail(err, SD_ERR_ARG, "unknown generator '%s' (cpu or cuda)", p->rng);
   sd_precision prec;

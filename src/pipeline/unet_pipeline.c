@@ -372,6 +372,11 @@ int sd_denoise(const sd_unet_model *m, sd_scheduler *sched, const sd_conditionin
   if (cond->batch != B)
     return sd_fail(err, SD_ERR_ARG, "conditioning holds %d entries, the batch needs %d",
                    cond->batch, B);
+  if (uc->time_cond_proj_dim && (!o->timestep_cond || cfg))
+    /* LCM: the guidance is an input of the UNet, never a CFG batch */
+    return sd_fail(err, SD_ERR_ARG,
+                   "this UNet is LCM-distilled: it takes the guidance as an embedding, "
+                   "without an unconditional batch");
   int64_t per = (int64_t)C * h * w, N = per * n;
   float *x_in = sd_alloc(sizeof(float) * per * B);
   float *eps = sd_alloc(sizeof(float) * per * B);
@@ -382,7 +387,8 @@ int sd_denoise(const sd_unet_model *m, sd_scheduler *sched, const sd_conditionin
     goto done;
   }
   sd_unet_cond uc_cond = {cond->context, cond->ctx_len, cond->pooled, cond->time_ids,
-                          cond->n_time_ids};
+                          cond->n_time_ids, NULL};
+  uc_cond.timestep_cond = o->timestep_cond;
   int total = sd_scheduler_num_steps(sched);
   if (o->end_index > 0 && o->end_index < total) total = o->end_index;
   for (int i = o->begin_index; i < total; i++) {

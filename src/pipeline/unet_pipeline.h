@@ -102,6 +102,9 @@ typedef struct sd_denoise_options {
   int begin_index;       /* img2img: first timestep index */
   int end_index;         /* stop before this index (0: run to the end) */
   int kv_chunk;
+  /* LCM-distilled UNets: guidance embedding (n, time_cond_proj_dim), one row
+   * per image (sd_unet_guidance_embedding of guidance - 1), or NULL */
+  const float *timestep_cond;
   sd_step_cb on_step;
   void *user;
 } sd_denoise_options;

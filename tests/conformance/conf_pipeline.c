@@ -57,6 +57,8 @@ static void run_case(conf_ctx *c, const char *model, const char *golden_dir, con
                      const cJSON *kase, const char *id, int side_path) {
   const cJSON *params = cJSON_GetObjectItemCaseSensitive(kase, "params");
   int img2img = strcmp(sd_json_str(kase, "kind", ""), "img2img") == 0;
+  /* LatentConsistencyModelPipeline: prompt only, guidance as a UNet input */
+  int lcm = strcmp(sd_json_str(kase, "kind", ""), "lcm_txt2img") == 0;
   char cid[600], p[4096];
   sd_lora_spec loras[8];
   char lora_paths[8][4200];
@@ -76,7 +78,7 @@ static void run_case(conf_ctx *c, const char *model, const char *golden_dir, con
   sd_scheduler *sched = NULL;
   sd_rng *rng = NULL;
   sd_conditioning cond = {0};
-  float *lat = NULL, *img = NULL, *x = NULL;
+  float *lat = NULL, *img = NULL, *x = NULL, *tcond = NULL;
   snprintf(p, sizeof p, "%s/%s", golden_dir, sd_json_str(kase, "file", "pipeline.safetensors"));
   if (sd_weights_open(&g, p, &err)) goto fail;
   char folder[4096];
@@ -103,7 +105,7 @@ static void run_case(conf_ctx *c, const char *model, const char *golden_dir, con
   sd_prompt_options po = {
       .prompt = sd_json_str(params, "prompt", ""),
       .negative_prompt = cJSON_IsString(neg) ? neg->valuestring : NULL,
-      .n = n, .guidance = guidance > 1.0f, .width = W, .height = H,
+      .n = n, .guidance = !lcm && guidance > 1.0f, .width = W, .height = H,
       .aesthetic_score = (float)sd_json_num(params, "aesthetic_score", 6.0),
       .negative_aesthetic_score = (float)sd_json_num(params, "negative_aesthetic_score", 2.5)};
   json_pair(params, "original_size", &po.orig_height, &po.orig_width);
@@ -114,9 +116,31 @@ static void run_case(conf_ctx *c, const char *model, const char *golden_dir, con
                     sd_weights_get(g, tensor_name(kase, "intermediates", "prompt_embeds")),
                     TOL_EMBEDS);
 
-  if (sd_scheduler_create(&sched, m->scheduler_config, SD_SAMPLER_DEFAULT, NULL, &err) ||
+  /* scheduler_override: params.scheduler_class from the folder's config
+   * with params.from_config_overrides */
+  const char *cls = sd_json_str(params, "scheduler_class", NULL);
+  int kind = cls ? conf_sampler_for_class(cls) : SD_SAMPLER_DEFAULT;
+  if (cls && kind < 0) {
+    snprintf(err.msg, sizeof err.msg, "scheduler class %s unknown", cls);
+    goto fail;
+  }
+  if (sd_scheduler_create(&sched, m->scheduler_config, (sd_sampler)kind,
+                          cls ? cJSON_GetObjectItemCaseSensitive(params, "from_config_overrides")
+                              : NULL,
+                          &err) ||
       sd_scheduler_set_timesteps(sched, steps, &err))
     goto fail;
+  if (lcm) {
+    if (!(tcond = sd_alloc(sizeof(float) * n * sd_unet_get_config(m->unet)->time_cond_proj_dim)))
+      goto oom;
+    int dim = sd_unet_get_config(m->unet)->time_cond_proj_dim;
+    float wv = guidance - 1.0f;
+    for (int b = 0; b < n; b++) sd_unet_guidance_embedding(tcond + (int64_t)b * dim, &wv, 1, dim);
+    snprintf(cid, sizeof cid, "%s.w_embedding", id);
+    conf_check_tensor(c, cid, tcond, (int64_t)n * dim,
+                      sd_weights_get(g, tensor_name(kase, "intermediates", "w_embedding")),
+                      TOL_EMBEDS);
+  }
   int f = sd_vae_downscale(m->vae), C = sd_unet_get_config(m->unet)->in_channels;
   int h = H / f, w = W / f;
   int64_t N = (int64_t)n * C * h * w;
@@ -161,7 +185,8 @@ static void run_case(conf_ctx *c, const char *model, const char *golden_dir, con
                       sd_weights_get(g, tensor_name(kase, "intermediates", "noised_latents")),
                       TOL_EMBEDS);
   }
-  sd_denoise_options dopt = {.guidance_scale = guidance, .steps = steps, .begin_index = begin};
+  sd_denoise_options dopt = {.guidance_scale = lcm ? 0.0f : guidance, .steps = steps,
+                             .begin_index = begin, .timestep_cond = tcond};
   if (sd_denoise(m, sched, &cond, &dopt, lat, n, h, w, rng, &err)) goto fail;
   snprintf(cid, sizeof cid, "%s.final_latents", id);
   conf_check_tensor(c, cid, lat, N, sd_weights_get(g, tensor_name(kase, "outputs", "final_latents")),
@@ -183,6 +208,7 @@ oom:
 fail:
   conf_result(c, id, 0, "%s", err.msg);
 done:
+  sd_free(tcond);
   sd_free(lat);
   sd_free(img);
   sd_free(x);

@@ -21,7 +21,7 @@
 #include "sample/rng.h"
 #include "sample/scheduler.h"
 
-static int sampler_for_class(const char *cls) {
+int conf_sampler_for_class(const char *cls) {
   static const struct { const char *cls; sd_sampler k; } map[] = {
       {"PNDMScheduler", SD_SAMPLER_PNDM},
       {"DDIMScheduler", SD_SAMPLER_DDIM},
@@ -256,7 +256,7 @@ void conf_scheduler_case(conf_ctx *c, const char *model, const char *golden_dir,
     return;
   }
   const char *cls = sd_json_str(kase, "scheduler_class", NULL);
-  int kind = sampler_for_class(cls);
+  int kind = conf_sampler_for_class(cls);
   const cJSON *overrides = cJSON_GetObjectItemCaseSensitive(kase, "from_config_overrides");
   if (kind < 0) {
     conf_result(c, id, 0, "scheduler class %s unknown", cls ? cls : "(none)");

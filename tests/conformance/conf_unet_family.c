@@ -193,7 +193,7 @@ static void check_unet(conf_ctx *c, const source *s, const sd_weights *g, const 
   sd_tensor *ctx = golden_f32(g, io_name(kase, "inputs", "encoder_hidden_states"));
   sd_tensor *te = golden_f32(g, io_name(kase, "inputs", "text_embeds"));
   sd_tensor *tid = golden_f32(g, io_name(kase, "inputs", "time_ids"));
-  float *out = NULL, *ts = NULL;
+  float *out = NULL, *ts = NULL, *tc = NULL;
   if (!x || !t || !ctx) {
     conf_result(c, id, 0, "UNet inputs missing from goldens");
     goto done;
@@ -209,8 +209,29 @@ static void check_unet(conf_ctx *c, const source *s, const sd_weights *g, const 
   ts = sd_alloc(sizeof(float) * B);
   for (int b = 0; b < B; b++) ts[b] = sd_f32(t)[sd_tensor_numel(t) == 1 ? 0 : b];
   sd_unet_cond cond = {sd_f32(ctx), (int)ctx->shape[1], te ? sd_f32(te) : NULL,
-                       tid ? sd_f32(tid) : NULL, tid ? (int)tid->shape[1] : 0};
+                       tid ? sd_f32(tid) : NULL, tid ? (int)tid->shape[1] : 0, NULL};
   (void)C;
+  if (io_name(kase, "inputs", "timestep_cond")) {
+    /* LCM: the guidance embedding is computed from params.w and checked
+     * against the golden input before it conditions the UNet. */
+    int dim = sd_unet_get_config(m)->time_cond_proj_dim;
+    const cJSON *wj = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(kase, "params"), "w");
+    if (!dim || B > 64 || cJSON_GetArraySize(wj) != B) {
+      conf_result(c, id, 0, "UNet has no time_cond_proj_dim or params.w has not %d values", B);
+      goto done;
+    }
+    float wv[64];
+    for (int b = 0; b < B && b < 64; b++) wv[b] = (float)cJSON_GetArrayItem(wj, b)->valuedouble;
+    tc = sd_alloc(sizeof(float) * B * dim);
+    if (!tc) goto done;
+    sd_unet_guidance_embedding(tc, wv, B, dim);
+    char tid_[600];
+    snprintf(tid_, sizeof tid_, "%s.timestep_cond", id);
+    conf_check_tensor(c, tid_, tc, (int64_t)B * dim,
+                      sd_weights_get(g, io_name(kase, "inputs", "timestep_cond")), TOL_COMPONENT);
+    cond.timestep_cond = tc;
+  }
   if (sd_unet_forward(m, sd_f32(x), B, H, W, ts, &cond, out, 0, &err))
     conf_result(c, id, 0, "%s", err.msg);
   else
@@ -219,6 +240,7 @@ static void check_unet(conf_ctx *c, const source *s, const sd_weights *g, const 
 done:
   sd_free(out);
   sd_free(ts);
+  sd_free(tc);
   sd_unet_free(m);
   sd_weights_free(w);
   sd_adapter_free(adapter);
@@ -346,7 +368,8 @@ void conf_suite_unet_family(conf_ctx *c, const char *model, const char *golden_d
       conf_scheduler_case(c, model, golden_dir, root, kase);
       continue;
     }
-    if (strcmp(kind, "txt2img") == 0 || strcmp(kind, "img2img") == 0) {
+    if (strcmp(kind, "txt2img") == 0 || strcmp(kind, "img2img") == 0 ||
+        strcmp(kind, "lcm_txt2img") == 0) {
       conf_pipeline_case(c, model, golden_dir, root, kase);
       continue;
     }

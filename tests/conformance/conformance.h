@@ -79,6 +79,8 @@ void conf_suite_sd3_family(conf_ctx *c, const char *model, const char *golden_di
 /* Scheduler cases of the SD 1.5 / SDXL family (sample module). */
 void conf_scheduler_case(conf_ctx *c, const char *model, const char *golden_dir,
                          const cJSON *root, const cJSON *kase);
+/* The sampler of a diffusers scheduler class name, or -1. */
+int conf_sampler_for_class(const char *cls);
 /* txt2img / img2img cases of the SD 1.5 / SDXL family (pipeline module). */
 void conf_pipeline_case(conf_ctx *c, const char *model, const char *golden_dir,
                         const cJSON *root, const cJSON *kase);

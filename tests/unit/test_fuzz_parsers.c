@@ -175,7 +175,7 @@ static void fuzz_configs(const char *fixtures) {
           const sd_unet_config *uc = sd_unet_get_config(u);
           float *x = sd_calloc(4 * 16 * 16, 4), *o = sd_calloc((size_t)uc->out_channels * 256, 4);
           float *ctx = sd_calloc(77 * (size_t)uc->cross_dim, 4), ts = 10;
-          sd_unet_cond cond = {ctx, 77, NULL, NULL, 0};
+          sd_unet_cond cond = {ctx, 77, NULL, NULL, 0, NULL};
           sd_error ferr = {0};
           if (x && o && ctx && uc->in_channels == 4) {
             int frc = sd_unet_forward(u, x, 1, 16, 16, &ts, &cond, o, 0, &ferr);
