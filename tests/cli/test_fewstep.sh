@@ -83,10 +83,15 @@ d="$HF_HUB_CACHE/models--latent-consistency--lcm-lora-sdv1-5"
 mkdir -p "$d/refs" "$d/snapshots/$REV"
 printf '%s' "$REV" >"$d/refs/main"
 ln -s "$FIX/lora/sd15_locon.safetensors" "$d/snapshots/$REV/pytorch_lora_weights.safetensors"
+d="$HF_HUB_CACHE/models--latent-consistency--lcm-lora-sdxl"
+mkdir -p "$d/refs" "$d/snapshots/$REV"
+printf '%s' "$REV" >"$d/refs/main"
+ln -s "$FIX/lora/sdxl_locon.safetensors" "$d/snapshots/$REV/pytorch_lora_weights.safetensors"
 if "$GEN" --help | grep -q -- "--lora"; then
   golden_run lcm_lora sd15-lora txt2img_lcm_lora --quality lcm --model "$FIX/sd15" --offline
   meta "$T/lcm_lora" "m['sampler']=='lcm'" "m['steps']==4" "m['cfg']==1" && ok ||
     bad "lcm_lora metadata"
+  golden_run lcm_lora_xl sdxl-lora txt2img_lcm_lora --quality lcm --model "$FIX/sdxl" --offline
 else
   echo "SKIP lcm preset with LCM-LoRA: this build has no LoRA support (--lora)"
 fi
