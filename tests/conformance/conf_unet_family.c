@@ -395,6 +395,8 @@ void conf_suite_unet_family(conf_ctx *c, const char *model, const char *golden_d
       check_vae(c, &folder, g, kase, id, 0);
     else if (strcmp(kind, "vae_encode") == 0)
       check_vae(c, &folder, g, kase, id, 1);
+    else if (strcmp(kind, "taesd_decode") == 0 || strcmp(kind, "taesd_encode") == 0)
+      conf_taesd_case(c, folder.folder, g, kase, id);
     else
       conf_result(c, id, 0, "unknown case kind '%s'", kind);
     sd_weights_free(g);
