@@ -22,8 +22,8 @@ double srv_now(void) {
 void srv_scrub_paths(char *s) {
   char *w = s;
   for (char *p = s; *p;) {
-    int start = p == s || p[-1] == ' ' || p[-1] == '\'' || p[-1] == '"' || p[-1] == '(' ||
-                p[-1] == '=';
+    int start =
+        p == s || p[-1] == ' ' || p[-1] == '\'' || p[-1] == '"' || p[-1] == '(' || p[-1] == '=';
     if (*p == '/' && start) {
       char *end = p;
       while (*end && *end != ' ' && *end != '\'' && *end != '"' && *end != ')' && *end != ',' &&
@@ -161,7 +161,9 @@ static unsigned char *png_encode(const unsigned char *rgb, int w, int h, size_t 
   spng_ctx *c = spng_ctx_new(SPNG_CTX_ENCODER);
   if (!c) return NULL;
   unsigned char *out = NULL;
-  struct spng_ihdr ihdr = {.width = (uint32_t)w, .height = (uint32_t)h, .bit_depth = 8,
+  struct spng_ihdr ihdr = {.width = (uint32_t)w,
+                           .height = (uint32_t)h,
+                           .bit_depth = 8,
                            .color_type = SPNG_COLOR_TYPE_TRUECOLOR};
   int err = 0;
   if (!spng_set_option(c, SPNG_ENCODE_TO_BUFFER, 1) && !spng_set_ihdr(c, &ihdr) &&
@@ -211,8 +213,8 @@ static unsigned char *read_file(const char *path, size_t *len) {
 static char *png_parameters(const unsigned char *d, size_t n) {
   size_t i = 8;
   while (i + 12 <= n) {
-    uint32_t len = (uint32_t)d[i] << 24 | (uint32_t)d[i + 1] << 16 | (uint32_t)d[i + 2] << 8 |
-                   d[i + 3];
+    uint32_t len =
+        (uint32_t)d[i] << 24 | (uint32_t)d[i + 1] << 16 | (uint32_t)d[i + 2] << 8 | d[i + 3];
     if (len > n - i - 12) break;
     const unsigned char *type = d + i + 4, *body = d + i + 8;
     if (len > 11 && memcmp(body, "parameters", 11) == 0) {
@@ -464,8 +466,10 @@ int srv_engine_run(srv_engine *e, const srv_request *r, cJSON **out, srv_error *
   e->interrupt = 0;
   pthread_mutex_unlock(&e->mu);
   if (init_path[0]) unlink(init_path);
-  if (!e->keep_outputs) remove_tree(dir);
-  else rmdir(dir); /* only when empty */
+  if (!e->keep_outputs)
+    remove_tree(dir);
+  else
+    rmdir(dir); /* only when empty */
   if (!rc) {
     cJSON *resp = cJSON_CreateObject();
     cJSON *info = make_info(r, model, seed, &o);

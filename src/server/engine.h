@@ -26,10 +26,10 @@ typedef struct srv_engine {
 
   pthread_mutex_t mu; /* guards everything below and current_model */
   int busy;
-  int step, total;       /* of the current generation */
-  int iter, n_iter;      /* which generation of the job */
-  double started;        /* monotonic seconds */
-  char *preview_b64;     /* last preview as a base64 PNG, or NULL */
+  int step, total;   /* of the current generation */
+  int iter, n_iter;  /* which generation of the job */
+  double started;    /* monotonic seconds */
+  char *preview_b64; /* last preview as a base64 PNG, or NULL */
   volatile int interrupt;
 } srv_engine;
 

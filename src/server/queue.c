@@ -39,7 +39,9 @@ int srv_redis_queue_open(srv_redis_queue **out, const char *url, const char *str
   return 0;
 }
 
-void srv_redis_queue_close(srv_redis_queue *q) { free(q); }
+void srv_redis_queue_close(srv_redis_queue *q) {
+  free(q);
+}
 
 static void job_id(char *id, size_t n) {
   unsigned char b[12];
@@ -64,8 +66,8 @@ int srv_redis_submit(srv_redis_queue *q, const char *body, size_t len, int kind,
     return -1;
   }
   job_id(id, sizeof id);
-  redisReply *r = redisCommand(c, "XADD %s * id %s kind %d body %b", q->stream, id, kind, body,
-                               len);
+  redisReply *r =
+      redisCommand(c, "XADD %s * id %s kind %d body %b", q->stream, id, kind, body, len);
   int ok = r && r->type == REDIS_REPLY_STRING;
   if (r) freeReplyObject(r);
   if (!ok) {

@@ -8,14 +8,15 @@
 #include <string.h>
 
 const char *const srv_sampler_names[][2] = {
-    {"Euler a", "euler_a"},   {"Euler", "euler"}, {"DPM++ 2M", "dpmpp_2m"},
-    {"DPM++ 2M Karras", "dpmpp_2m_karras"},       {"DDIM", "ddim"},
-    {"PNDM", "pndm"},         {"PLMS", "pndm"},   {"LCM", "lcm"},
+    {"Euler a", "euler_a"},   {"Euler", "euler"},
+    {"DPM++ 2M", "dpmpp_2m"}, {"DPM++ 2M Karras", "dpmpp_2m_karras"},
+    {"DDIM", "ddim"},         {"PNDM", "pndm"},
+    {"PLMS", "pndm"},         {"LCM", "lcm"},
 };
 const int srv_n_samplers = (int)(sizeof srv_sampler_names / sizeof srv_sampler_names[0]);
 
-static const char *const our_samplers[] = {"pndm", "ddim", "euler", "euler_a", "dpmpp_2m",
-                                           "dpmpp_2m_karras", "lcm", "flow_euler"};
+static const char *const our_samplers[] = {
+    "pndm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "lcm", "flow_euler"};
 
 const char *srv_sampler_map(const char *name) {
   for (int i = 0; i < srv_n_samplers; i++)
@@ -247,7 +248,8 @@ static cJSON *parse_object(const char *body, size_t len, srv_error *e) {
   }
   const char *end = NULL;
   cJSON *o = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-  while (o && end && end < body + len && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
+  while (o && end && end < body + len &&
+         (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
     end++;
   if (o && end != body + len) {
     cJSON_Delete(o);
@@ -277,8 +279,7 @@ static int check_common(srv_request *r, srv_error *e) {
   return 0;
 }
 
-int srv_parse_request(const char *body, size_t len, int img2img, srv_request *r,
-                      srv_error *e) {
+int srv_parse_request(const char *body, size_t len, int img2img, srv_request *r, srv_error *e) {
   defaults(r);
   r->img2img = img2img;
   cJSON *o = parse_object(body, len, e);
@@ -294,7 +295,8 @@ int srv_parse_request(const char *body, size_t len, int img2img, srv_request *r,
     seed = s->valuedouble;
   }
   r->seed = (int64_t)seed;
-  if (get_dup(o, "prompt", &r->prompt, e) || get_dup(o, "negative_prompt", &r->negative_prompt, e) ||
+  if (get_dup(o, "prompt", &r->prompt, e) ||
+      get_dup(o, "negative_prompt", &r->negative_prompt, e) ||
       get_int(o, "steps", 1, SRV_MAX_STEPS, &r->steps, e) ||
       get_int(o, "width", 64, SRV_MAX_SIDE, &r->width, e) ||
       get_int(o, "height", 64, SRV_MAX_SIDE, &r->height, e) ||
@@ -320,8 +322,7 @@ int srv_parse_request(const char *body, size_t len, int img2img, srv_request *r,
     }
     if (get_str(ov, "sd_model_checkpoint", r->model, sizeof r->model, e)) goto fail;
   }
-  if (check_name("sd_model_checkpoint", r->model, e) || check_name("vae", r->vae, e))
-    goto fail;
+  if (check_name("sd_model_checkpoint", r->model, e) || check_name("vae", r->vae, e)) goto fail;
   if (r->sampler_name[0]) {
     const char *m = srv_sampler_map(r->sampler_name);
     if (!m) {
@@ -369,7 +370,8 @@ int srv_parse_openai(const char *body, size_t len, srv_request *r, srv_error *e)
   if (!o) return -1;
   char size[32] = "512x512", fmt[32] = "b64_json";
   if (get_dup(o, "prompt", &r->prompt, e) || get_int(o, "n", 1, SRV_MAX_BATCH, &r->batch_size, e) ||
-      get_str(o, "size", size, sizeof size, e) || get_str(o, "model", r->model, sizeof r->model, e) ||
+      get_str(o, "size", size, sizeof size, e) ||
+      get_str(o, "model", r->model, sizeof r->model, e) ||
       get_str(o, "response_format", fmt, sizeof fmt, e))
     goto fail;
   if (!r->prompt || !r->prompt[0]) {

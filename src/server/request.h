@@ -24,9 +24,9 @@
 #define SRV_MAX_PROMPT 16384
 
 typedef struct srv_error {
-  int status;        /* HTTP status */
-  char error[64];    /* short reason ("bad field") */
-  char detail[256];  /* which field and why; never a local path */
+  int status;       /* HTTP status */
+  char error[64];   /* short reason ("bad field") */
+  char detail[256]; /* which field and why; never a local path */
 } srv_error;
 
 typedef struct srv_lora {
@@ -37,25 +37,24 @@ typedef struct srv_lora {
 typedef struct srv_request {
   int img2img;
   char *prompt, *negative_prompt;
-  char model[512];          /* "" = the server's current model */
-  char sampler[32];         /* ours ("euler_a"); "" = the model's scheduler */
-  char sampler_name[64];    /* as the client sent it */
-  char vae[256];            /* "" = the model's VAE */
+  char model[512];       /* "" = the server's current model */
+  char sampler[32];      /* ours ("euler_a"); "" = the model's scheduler */
+  char sampler_name[64]; /* as the client sent it */
+  char vae[256];         /* "" = the model's VAE */
   char timestep_spacing[16];
   int width, height, steps, batch_size, n_iter;
   float cfg_scale, denoising_strength;
-  int64_t seed;             /* -1: random */
+  int64_t seed; /* -1: random */
   srv_lora loras[SRV_MAX_LORAS];
   int n_loras;
   unsigned char *init_image; /* decoded bytes of init_images[0] (img2img) */
   size_t init_image_len;
-  int openai;               /* /v1/images/generations */
+  int openai; /* /v1/images/generations */
 } srv_request;
 
 /* Parses and validates a request body (txt2img, or img2img when img2img is
  * set); on failure fills err (status 400) and leaves out empty. */
-int srv_parse_request(const char *body, size_t len, int img2img, srv_request *out,
-                      srv_error *err);
+int srv_parse_request(const char *body, size_t len, int img2img, srv_request *out, srv_error *err);
 /* OpenAI images API body: prompt, n, size "WxH", response_format b64_json. */
 int srv_parse_openai(const char *body, size_t len, srv_request *out, srv_error *err);
 void srv_request_free(srv_request *r);

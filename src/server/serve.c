@@ -31,7 +31,7 @@ typedef struct server {
   pthread_cond_t qcv;
   uint64_t issued, started; /* tickets: waiting = issued - started */
   int running;
-  srv_redis_queue *redis;   /* --queue: jobs go to workers */
+  srv_redis_queue *redis; /* --queue: jobs go to workers */
 } server;
 
 typedef struct conn {
@@ -41,7 +41,9 @@ typedef struct conn {
 } conn;
 
 static volatile sig_atomic_t g_stop;
-static void on_signal(int sig) { g_stop = 1; }
+static void on_signal(int sig) {
+  g_stop = 1;
+}
 
 /* ---- responses ---- */
 
@@ -257,9 +259,8 @@ static enum MHD_Result route(server *s, struct MHD_Connection *c, const char *ur
 }
 
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
-                               const char *method, const char *version,
-                               const char *upload_data, size_t *upload_data_size,
-                               void **con_cls) {
+                               const char *method, const char *version, const char *upload_data,
+                               size_t *upload_data_size, void **con_cls) {
   server *s = cls;
   conn *k = *con_cls;
   if (!k) {
@@ -295,7 +296,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     k->body[k->len] = 0;
     return MHD_YES;
   }
-  if (k->too_big) return fail(c, 413, "body too large", "the request body is over the server's limit");
+  if (k->too_big)
+    return fail(c, 413, "body too large", "the request body is over the server's limit");
   return route(s, c, url, method, k);
 }
 
@@ -322,45 +324,35 @@ static void usage(FILE *f) {
 }
 
 int srv_serve_main(int argc, char **argv) {
-  const char *host = "127.0.0.1", *output = NULL, *model = NULL, *redis_url = NULL;
+  const char *host = "127.0.0.1", *output = NULL, *redis_url = NULL;
   const char *stream = "sdgen:jobs";
-  long port = 7860, queue_size = 16, threads = 0, preview = 0;
-  int64_t max_memory = 0, max_body = DEFAULT_MAX_BODY;
-  srv_models models = {0};
+  long port = 7860, queue_size = 16, preview = 0;
+  int64_t max_body = DEFAULT_MAX_BODY;
+  srv_common co = {0};
   const char *api_key = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define OPT(name) (!strcmp(a, name) && (v || (fprintf(stderr, "error: %s needs a value\n", a), 0)) && ++i)
-    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+    int missing = 0;
+#define OPT(name) (!strcmp(a, name) && (v || (missing = 1, 0)) && ++i)
+    int common = srv_common_option(argc, argv, &i, &co);
+    if (common < 0) return 2;
+    if (common) {
+      continue;
+    } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage(stdout);
       return 0;
-    } else if (!strcmp(a, "--allow-paths")) {
-      models.allow_paths = 1;
     } else if (OPT("--host")) {
       host = v;
     } else if (OPT("--port")) {
       if (srv_parse_int(a, v, 1, 65535, &port)) return 2;
     } else if (OPT("--api-key")) {
       api_key = v;
-    } else if (OPT("--model-dir")) {
-      if (models.n_dirs == SRV_MAX_DIRS) return fprintf(stderr, "error: too many --model-dir\n"), 2;
-      models.dirs[models.n_dirs++] = v;
-    } else if (OPT("--lora-dir")) {
-      if (models.n_lora_dirs == SRV_MAX_DIRS) return fprintf(stderr, "error: too many --lora-dir\n"), 2;
-      models.lora_dirs[models.n_lora_dirs++] = v;
-    } else if (OPT("--model")) {
-      model = v;
     } else if (OPT("--output")) {
       output = v;
     } else if (OPT("--queue-size")) {
       if (srv_parse_int(a, v, 0, 100000, &queue_size)) return 2;
-    } else if (OPT("--threads")) {
-      if (srv_parse_int(a, v, 0, 1024, &threads)) return 2;
     } else if (OPT("--preview-every")) {
       if (srv_parse_int(a, v, 0, 1000, &preview)) return 2;
-    } else if (OPT("--max-memory")) {
-      if ((max_memory = srv_parse_size(v)) <= 0)
-        return fprintf(stderr, "error: --max-memory expects a size like 4G\n"), 2;
     } else if (OPT("--max-body")) {
       if ((max_body = srv_parse_size(v)) <= 0)
         return fprintf(stderr, "error: --max-body expects a size like 50M\n"), 2;
@@ -369,7 +361,9 @@ int srv_serve_main(int argc, char **argv) {
     } else if (OPT("--stream")) {
       stream = v;
     } else {
-      if (!v || strncmp(a, "--", 2))
+      if (missing)
+        fprintf(stderr, "error: %s needs a value\n", a);
+      else
         fprintf(stderr, "error: unknown argument '%s' (see generate serve --help)\n", a);
       return 2;
     }
@@ -388,8 +382,8 @@ int srv_serve_main(int argc, char **argv) {
   }
   static server s;
   char msg[512];
-  if (srv_engine_init(&s.eng, &models, model, output, (int)threads, max_memory, (int)preview,
-                      msg, sizeof msg)) {
+  if (srv_engine_init(&s.eng, &co.models, co.model, output, (int)co.threads, co.max_memory,
+                      (int)preview, msg, sizeof msg)) {
     fprintf(stderr, "error: %s\n", msg);
     srv_engine_free(&s.eng);
     return 1;

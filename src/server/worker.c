@@ -16,7 +16,9 @@
 #include "server/server.h"
 
 static volatile sig_atomic_t g_stop;
-static void on_signal(int sig) { g_stop = 1; }
+static void on_signal(int sig) {
+  g_stop = 1;
+}
 
 typedef struct worker {
   srv_engine eng;
@@ -128,7 +130,8 @@ static int read_one(worker *w) {
   /* [[stream, [[id, [fields]]]]] or nil on timeout */
   if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
     const redisReply *s = r->element[0];
-    if (s->type == REDIS_REPLY_ARRAY && s->elements >= 2 && s->element[1]->type == REDIS_REPLY_ARRAY)
+    if (s->type == REDIS_REPLY_ARRAY && s->elements >= 2 &&
+        s->element[1]->type == REDIS_REPLY_ARRAY)
       for (size_t i = 0; i < s->element[1]->elements && !rc; i++)
         rc = run_entry(w, s->element[1]->element[i]);
   } else if (r->type == REDIS_REPLY_ERROR) {
@@ -159,33 +162,26 @@ static void usage(FILE *f) {
 }
 
 int srv_worker_main(int argc, char **argv) {
-  const char *url = NULL, *model = NULL, *consumer = NULL;
+  const char *url = NULL, *consumer = NULL;
   static worker w;
   w.stream = "sdgen:jobs";
   w.group = "sdgen";
   w.claim_after_ms = 60000;
   w.ttl_s = 3600;
-  long threads = 0;
-  int64_t max_memory = 0;
-  srv_models models = {0};
+  srv_common co = {0};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define OPT(name) (!strcmp(a, name) && (v || (fprintf(stderr, "error: %s needs a value\n", a), 0)) && ++i)
-    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+    int missing = 0;
+#define OPT(name) (!strcmp(a, name) && (v || (missing = 1, 0)) && ++i)
+    int common = srv_common_option(argc, argv, &i, &co);
+    if (common < 0) return 2;
+    if (common) {
+      continue;
+    } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage(stdout);
       return 0;
-    } else if (!strcmp(a, "--allow-paths")) {
-      models.allow_paths = 1;
     } else if (OPT("--redis")) {
       url = v;
-    } else if (OPT("--model-dir")) {
-      if (models.n_dirs == SRV_MAX_DIRS) return fprintf(stderr, "error: too many --model-dir\n"), 2;
-      models.dirs[models.n_dirs++] = v;
-    } else if (OPT("--lora-dir")) {
-      if (models.n_lora_dirs == SRV_MAX_DIRS) return fprintf(stderr, "error: too many --lora-dir\n"), 2;
-      models.lora_dirs[models.n_lora_dirs++] = v;
-    } else if (OPT("--model")) {
-      model = v;
     } else if (OPT("--stream")) {
       w.stream = v;
     } else if (OPT("--group")) {
@@ -196,13 +192,10 @@ int srv_worker_main(int argc, char **argv) {
       if (srv_parse_int(a, v, 1, 86400000, &w.claim_after_ms)) return 2;
     } else if (OPT("--result-ttl")) {
       if (srv_parse_int(a, v, 1, 30 * 86400, &w.ttl_s)) return 2;
-    } else if (OPT("--threads")) {
-      if (srv_parse_int(a, v, 0, 1024, &threads)) return 2;
-    } else if (OPT("--max-memory")) {
-      if ((max_memory = srv_parse_size(v)) <= 0)
-        return fprintf(stderr, "error: --max-memory expects a size like 4G\n"), 2;
     } else {
-      if (!v || strncmp(a, "--", 2))
+      if (missing)
+        fprintf(stderr, "error: %s needs a value\n", a);
+      else
         fprintf(stderr, "error: unknown argument '%s' (see generate worker --help)\n", a);
       return 2;
     }
@@ -220,7 +213,7 @@ int srv_worker_main(int argc, char **argv) {
   else
     snprintf(w.consumer, sizeof w.consumer, "%.60s-%ld", host, (long)getpid());
   char msg[512];
-  if (srv_engine_init(&w.eng, &models, model, NULL, (int)threads, max_memory, 0, msg,
+  if (srv_engine_init(&w.eng, &co.models, co.model, NULL, (int)co.threads, co.max_memory, 0, msg,
                       sizeof msg)) {
     fprintf(stderr, "error: %s\n", msg);
     srv_engine_free(&w.eng);

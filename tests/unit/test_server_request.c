@@ -11,12 +11,12 @@
 #include "server/request.h"
 
 static int fails;
-#define CHECK(c, ...)                    \
-  do {                                   \
-    if (!(c) && fails++ < 20) {          \
-      printf("FAIL: " __VA_ARGS__);      \
-      printf("\n");                      \
-    }                                    \
+#define CHECK(c, ...)               \
+  do {                              \
+    if (!(c) && fails++ < 20) {     \
+      printf("FAIL: " __VA_ARGS__); \
+      printf("\n");                 \
+    }                               \
   } while (0)
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -35,7 +35,8 @@ static int feed(const char *body, size_t len) {
     srv_request r;
     srv_error e;
     memset(&e, 0, sizeof e);
-    int rc = img == 2 ? srv_parse_openai(body, len, &r, &e) : srv_parse_request(body, len, img, &r, &e);
+    int rc =
+        img == 2 ? srv_parse_openai(body, len, &r, &e) : srv_parse_request(body, len, img, &r, &e);
     if (rc == 0) {
       CHECK(r.prompt != NULL, "accepted without prompt");
       CHECK(r.width % 8 == 0 && r.height % 8 == 0 && r.width >= 64 && r.width <= SRV_MAX_SIDE,
@@ -56,21 +57,40 @@ static int feed(const char *body, size_t len) {
   return ok;
 }
 
-static int feed_s(const char *s) { return feed(s, strlen(s)); }
+static int feed_s(const char *s) {
+  return feed(s, strlen(s));
+}
 
 int main(void) {
   /* known answers */
   CHECK(feed_s("{\"prompt\":\"a cat\",\"steps\":4,\"width\":128,\"height\":128,\"seed\":42}"),
         "valid body refused");
   CHECK(feed_s("{}"), "empty object refused");
-  const char *bad[] = {
-      "", "{", "[]", "null", "\"x\"", "{\"prompt\":1}", "{\"steps\":\"4\"}", "{\"steps\":4.5}",
-      "{\"steps\":0}", "{\"steps\":151}", "{\"width\":100}", "{\"width\":4096}",
-      "{\"batch_size\":9}", "{\"seed\":-2}", "{\"seed\":1e300}", "{\"cfg_scale\":\"7\"}",
-      "{\"sampler_name\":\"Heun\"}", "{\"override_settings\":[]}",
-      "{\"override_settings\":{\"sd_model_checkpoint\":5}}", "{\"loras\":{}}",
-      "{\"loras\":[1]}", "{\"loras\":[{\"scale\":1}]}", "{\"prompt\":\"a\"}garbage",
-      "{\"timestep_spacing\":\"sideways\"}", "{\"sd_model_checkpoint\":\"a\\u0001b\"}"};
+  const char *bad[] = {"",
+                       "{",
+                       "[]",
+                       "null",
+                       "\"x\"",
+                       "{\"prompt\":1}",
+                       "{\"steps\":\"4\"}",
+                       "{\"steps\":4.5}",
+                       "{\"steps\":0}",
+                       "{\"steps\":151}",
+                       "{\"width\":100}",
+                       "{\"width\":4096}",
+                       "{\"batch_size\":9}",
+                       "{\"seed\":-2}",
+                       "{\"seed\":1e300}",
+                       "{\"cfg_scale\":\"7\"}",
+                       "{\"sampler_name\":\"Heun\"}",
+                       "{\"override_settings\":[]}",
+                       "{\"override_settings\":{\"sd_model_checkpoint\":5}}",
+                       "{\"loras\":{}}",
+                       "{\"loras\":[1]}",
+                       "{\"loras\":[{\"scale\":1}]}",
+                       "{\"prompt\":\"a\"}garbage",
+                       "{\"timestep_spacing\":\"sideways\"}",
+                       "{\"sd_model_checkpoint\":\"a\\u0001b\"}"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
     CHECK(!feed_s(bad[i]), "accepted bad body %s", bad[i]);
   CHECK(srv_parse_request("{\"init_images\":[\"@@@\"]}", 22, 1, &(srv_request){0},
@@ -110,10 +130,11 @@ int main(void) {
     free(b);
   }
   /* random bytes and mutations of a valid body (no NUL terminator beyond len) */
-  const char *valid = "{\"prompt\":\"a cat\",\"negative_prompt\":\"dog\",\"steps\":4,\"width\":128,"
-                      "\"height\":128,\"seed\":42,\"cfg_scale\":7,\"sampler_name\":\"Euler a\","
-                      "\"loras\":[{\"name\":\"x\",\"scale\":0.5}],\"override_settings\":"
-                      "{\"sd_model_checkpoint\":\"sd15\"},\"init_images\":[\"iVBORw0KGgo=\"]}";
+  const char *valid =
+      "{\"prompt\":\"a cat\",\"negative_prompt\":\"dog\",\"steps\":4,\"width\":128,"
+      "\"height\":128,\"seed\":42,\"cfg_scale\":7,\"sampler_name\":\"Euler a\","
+      "\"loras\":[{\"name\":\"x\",\"scale\":0.5}],\"override_settings\":"
+      "{\"sd_model_checkpoint\":\"sd15\"},\"init_images\":[\"iVBORw0KGgo=\"]}";
   size_t vl = strlen(valid);
   char buf[512];
   for (int iter = 0; iter < 20000; iter++) {
@@ -128,9 +149,15 @@ int main(void) {
       for (int m = 0; m < muts && len > 0; m++) {
         size_t at = next() % len;
         switch (next() % 3) {
-          case 0: buf[at] = (char)next(); break;
-          case 1: len = at; break; /* truncate */
-          default: buf[at] = "{}[]\":,\\0e-"[next() % 11]; break;
+          case 0:
+            buf[at] = (char)next();
+            break;
+          case 1:
+            len = at;
+            break; /* truncate */
+          default:
+            buf[at] = "{}[]\":,\\0e-"[next() % 11];
+            break;
         }
       }
     }
