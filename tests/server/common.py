@@ -39,13 +39,15 @@ def start_server(gen, args, log):
     raise RuntimeError("server did not start")
 
 def stop(p):
+    """SIGTERM, then the exit status (nonzero under ASan when it leaked)."""
     if p.poll() is None:
         p.terminate()
         try:
-            p.wait(10)
+            p.wait(30)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+    return p.returncode
 
 def save_b64(b64, path):
     with open(path, "wb") as f:

@@ -143,7 +143,8 @@ try:
         C.check(fix.encode() not in text and b"/tmp" not in text, "%s: error shows a local path: %s" % (what, text[:200]))
         C.check(request(port, "GET", "/healthz")[0] == 200, "server down after " + what)
 finally:
-    stop(srv)
+    rc = stop(srv)
+C.check(rc == 0, "server exit status %s after SIGTERM (a leak under ASan?)" % rc)
 
 # API key: required off loopback, Bearer and basic auth
 r = subprocess.run([gen, "serve", "--host", "0.0.0.0", "--port", str(free_port())], capture_output=True, text=True, timeout=20)
@@ -170,7 +171,8 @@ try:
     th.join()
     C.check(out["r"][0] == 200, "first request after the 503: %d" % out["r"][0])
 finally:
-    stop(srv)
+    rc = stop(srv)
+    C.check(rc == 0, "server exit status %s after SIGTERM" % rc)
     log.close()
     if C.fails:
         print(open(os.path.join(t, "server.log")).read()[-3000:])
