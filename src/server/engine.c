@@ -51,6 +51,7 @@ int srv_engine_init(srv_engine *e, const srv_models *models, const char *model,
   e->threads = threads;
   e->max_memory = max_memory;
   e->preview_every = preview_every;
+  e->max_models = 2;
   pthread_mutex_init(&e->mu, NULL);
   if (model && model[0]) {
     char path[4096];
@@ -86,6 +87,8 @@ int srv_engine_init(srv_engine *e, const srv_models *models, const char *model,
 }
 
 void srv_engine_free(srv_engine *e) {
+  for (int i = 0; i < e->n_cached; i++) sdgen_model_free(e->models_cache[i].model);
+  e->n_cached = 0;
   if (e->ctx) sdgen_ctx_free(e->ctx);
   if (!e->keep_outputs && e->output_root[0]) rmdir(e->output_root);
   free(e->preview_b64);
@@ -265,6 +268,55 @@ static uint64_t random_seed(void) {
   return v;
 }
 
+/* ---- resident models ----
+ *
+ * The resident-model handle (sdgen_model_load / _generate / _free) and
+ * sdgen_result_free come with the library's api work; until a library has
+ * them, these weak references are NULL and each request loads its model
+ * through sdgen_generate. With them, up to max_models handles stay loaded,
+ * keyed by what shapes a loaded model (path and decoder), and the least
+ * recently used is released first. Each generation still runs the memory
+ * plan under max_memory. */
+#pragma weak sdgen_model_load
+#pragma weak sdgen_model_generate
+#pragma weak sdgen_model_free
+void sdgen_result_free(sdgen_result *result);
+#pragma weak sdgen_result_free
+
+static void result_free(sdgen_result *res) {
+  if (sdgen_result_free) sdgen_result_free(res);
+  free(res);
+}
+
+static int resident_available(void) {
+  return sdgen_model_load && sdgen_model_generate && sdgen_model_free;
+}
+
+static int run_generation(srv_engine *e, const sdgen_params *p, sdgen_result *res) {
+  if (!resident_available() || e->max_models <= 0) return sdgen_generate(e->ctx, p, res);
+  char key[sizeof e->models_cache[0].key];
+  snprintf(key, sizeof key, "%s|%s", p->model, p->vae ? p->vae : "");
+  srv_resident *slot = NULL;
+  for (int i = 0; i < e->n_cached; i++)
+    if (!strcmp(e->models_cache[i].key, key)) slot = &e->models_cache[i];
+  if (!slot) {
+    if (e->n_cached == e->max_models) { /* release the least recently used */
+      int lru = 0;
+      for (int i = 1; i < e->n_cached; i++)
+        if (e->models_cache[i].last_used < e->models_cache[lru].last_used) lru = i;
+      sdgen_model_free(e->models_cache[lru].model);
+      e->models_cache[lru] = e->models_cache[--e->n_cached];
+    }
+    sdgen_model *m = NULL;
+    if (sdgen_model_load(e->ctx, p, &m)) return -1;
+    slot = &e->models_cache[e->n_cached++];
+    snprintf(slot->key, sizeof slot->key, "%s", key);
+    slot->model = m;
+  }
+  slot->last_used = srv_now();
+  return sdgen_model_generate(e->ctx, slot->model, p, res);
+}
+
 /* ---- one job ---- */
 
 typedef struct job_out {
@@ -441,9 +493,14 @@ int srv_engine_run(srv_engine *e, const srv_request *r, cJSON **out, srv_error *
     e->iter = it;
     e->step = 0;
     pthread_mutex_unlock(&e->mu);
-    sdgen_result res;
-    memset(&res, 0, sizeof res);
-    if (sdgen_generate(e->ctx, &p, &res)) {
+    sdgen_result *res = calloc(1, sizeof *res);
+    if (!res) {
+      srv_set_error(err, 500, "out of memory", "cannot start the generation");
+      rc = -1;
+      break;
+    }
+    if (run_generation(e, &p, res)) {
+      result_free(res);
       pthread_mutex_lock(&e->mu);
       interrupted = e->interrupt;
       pthread_mutex_unlock(&e->mu);
@@ -456,10 +513,11 @@ int srv_engine_run(srv_engine *e, const srv_request *r, cJSON **out, srv_error *
       }
       break;
     }
-    if (add_images(&res, &o, p.seed, e->keep_outputs)) {
+    if (add_images(res, &o, p.seed, e->keep_outputs)) {
       srv_set_error(err, 500, "server error", "cannot read the generated image");
       rc = -1;
     }
+    result_free(res);
   }
   pthread_mutex_lock(&e->mu);
   e->busy = 0;

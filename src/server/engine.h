@@ -13,6 +13,14 @@
 #include "server/models.h"
 #include "server/request.h"
 
+#define SRV_MAX_RESIDENT 16
+
+typedef struct srv_resident {
+  char key[4400]; /* model path | decoder */
+  sdgen_model *model;
+  double last_used;
+} srv_resident;
+
 typedef struct srv_engine {
   sdgen_ctx *ctx;
   srv_models models;
@@ -23,6 +31,10 @@ typedef struct srv_engine {
   int64_t max_memory;
   int preview_every;
   uint64_t job_counter;
+  /* resident models (when the library has the handle API), LRU; only the
+   * generating thread touches them */
+  srv_resident models_cache[SRV_MAX_RESIDENT];
+  int n_cached, max_models; /* max_models 0: load per request */
 
   pthread_mutex_t mu; /* guards everything below and current_model */
   int busy;

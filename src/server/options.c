@@ -1,5 +1,7 @@
 #include "server/options.h"
 
+#include "server/engine.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,8 +62,8 @@ int srv_common_option(int argc, char **argv, int *i, srv_common *c) {
   }
   int dirs = !strcmp(a, "--model-dir"), loras = !strcmp(a, "--lora-dir");
   int model = !strcmp(a, "--model"), threads = !strcmp(a, "--threads");
-  int mem = !strcmp(a, "--max-memory");
-  if (!dirs && !loras && !model && !threads && !mem) return 0;
+  int mem = !strcmp(a, "--max-memory"), resident = !strcmp(a, "--max-models");
+  if (!dirs && !loras && !model && !threads && !mem && !resident) return 0;
   if (*i + 1 >= argc) {
     fprintf(stderr, "error: %s needs a value\n", a);
     return -1;
@@ -78,6 +80,8 @@ int srv_common_option(int argc, char **argv, int *i, srv_common *c) {
     c->model = v;
   } else if (threads) {
     if (srv_parse_int(a, v, 0, 1024, &c->threads)) return -1;
+  } else if (resident) {
+    if (srv_parse_int(a, v, 0, SRV_MAX_RESIDENT, &c->max_models)) return -1;
   } else if ((c->max_memory = srv_parse_size(v)) <= 0) {
     fprintf(stderr, "error: --max-memory expects a size like 4G\n");
     return -1;

@@ -12,12 +12,13 @@ int64_t srv_parse_size(const char *s);
 int srv_parse_int(const char *opt, const char *v, long lo, long hi, long *out);
 
 /* Options of both serve and worker: --model-dir, --lora-dir, --model,
- * --allow-paths, --threads, --max-memory. */
+ * --allow-paths, --threads, --max-memory, --max-models. */
 typedef struct srv_common {
   srv_models models;
   const char *model;
   long threads;
   int64_t max_memory;
+  long max_models; /* -1: the engine's default */
 } srv_common;
 
 /* 1 when argv[*i] is a common option (*i then points at its value), 0 when

@@ -317,6 +317,7 @@ static void usage(FILE *f) {
           "                      [--model-dir DIR ...] [--model NAME] [--lora-dir DIR ...]\n"
           "                      [--max-memory SIZE] [--queue-size N] [--output DIR]\n"
           "                      [--threads N] [--preview-every N] [--max-body SIZE]\n"
+          "                      [--max-models N (resident models, default 2)]\n"
           "                      [--allow-paths] [--queue redis://HOST:PORT/DB]\n"
           "                      [--stream sdgen:jobs]\n"
           "Serves the AUTOMATIC1111 API (/sdapi/v1/*) and a web page at /.\n"
@@ -328,7 +329,7 @@ int srv_serve_main(int argc, char **argv) {
   const char *stream = "sdgen:jobs";
   long port = 7860, queue_size = 16, preview = 0;
   int64_t max_body = DEFAULT_MAX_BODY;
-  srv_common co = {0};
+  srv_common co = {.max_models = -1};
   const char *api_key = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -388,6 +389,7 @@ int srv_serve_main(int argc, char **argv) {
     srv_engine_free(&s.eng);
     return 1;
   }
+  if (co.max_models >= 0) s.eng.max_models = (int)co.max_models;
   s.api_key = api_key;
   s.max_body = (size_t)max_body;
   s.queue_size = (int)queue_size;

@@ -157,7 +157,7 @@ static void usage(FILE *f) {
           "                       [--model NAME] [--lora-dir DIR ...] [--stream sdgen:jobs]\n"
           "                       [--group sdgen] [--consumer NAME] [--claim-after MS]\n"
           "                       [--result-ttl S] [--max-memory SIZE] [--threads N]\n"
-          "                       [--allow-paths]\n"
+          "                       [--allow-paths] [--max-models N]\n"
           "Runs the jobs that `generate serve --queue` puts on a Redis stream.\n");
 }
 
@@ -168,7 +168,7 @@ int srv_worker_main(int argc, char **argv) {
   w.group = "sdgen";
   w.claim_after_ms = 60000;
   w.ttl_s = 3600;
-  srv_common co = {0};
+  srv_common co = {.max_models = -1};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int missing = 0;
@@ -219,6 +219,7 @@ int srv_worker_main(int argc, char **argv) {
     srv_engine_free(&w.eng);
     return 1;
   }
+  if (co.max_models >= 0) w.eng.max_models = (int)co.max_models;
   struct sigaction sa = {0};
   sa.sa_handler = on_signal;
   sigaction(SIGINT, &sa, NULL);
