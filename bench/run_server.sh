@@ -5,7 +5,8 @@
 #
 #   bench/run_server.sh [BUILD_DIR] MODEL_DIR [N] [generate/request options as JSON]
 #
-#   overhead   N requests one after another; each request's wall time
+#   overhead   N requests one after another (also: sequential images per
+#              minute); each request's wall time
 #              (HTTP, JSON, base64) minus the library's own total from the
 #              image's metadata (timings_s.total), mean and max
 #   queued     N requests sent at once (queue size N): images per minute
@@ -40,6 +41,7 @@ srv, port = start_server(gen, ["--model-dir", os.path.join(t, "models"), "--outp
 res = {"model": os.path.basename(model.rstrip("/")), "request": req, "n": n}
 try:
     over = []
+    ts = time.time()
     for i in range(n):
         before = set(os.listdir(out)) if os.path.isdir(out) else set()
         t0 = time.time()
@@ -51,8 +53,10 @@ try:
         metas = [os.path.join(out, d, f) for d in new for f in os.listdir(os.path.join(out, d)) if f.endswith(".json")]
         meta = json.load(open(metas[0]))
         over.append(wall - meta["timings_s"]["total"])
+    res["sequential_images_per_min"] = 60 * n / (time.time() - ts)
     res["overhead_s_mean"] = sum(over) / n
     res["overhead_s_max"] = max(over)
+    print("sequential: %d requests, %.2f images/min" % (n, res["sequential_images_per_min"]))
     print("overhead: %.3f s mean, %.3f s max per request over the library's own time" % (res["overhead_s_mean"], res["overhead_s_max"]))
     th = [threading.Thread(target=request, args=(port, "POST", "/sdapi/v1/txt2img", dict(req, seed=100 + i)), kwargs={"timeout": 7200}) for i in range(n)]
     t0 = time.time()

@@ -1,7 +1,9 @@
 /* `generate serve`: the A1111-compatible HTTP API and the web page on
- * libmicrohttpd. One connection thread per client; generation requests take
- * a ticket and run one at a time in ticket order (a bounded FIFO: 503 with
- * Retry-After when --queue-size jobs already wait). */
+ * libmicrohttpd. One connection thread per client; generation requests go
+ * to a bounded FIFO (503 with Retry-After when --queue-size jobs already
+ * wait) that one engine thread runs in order. One thread for every
+ * generation keeps one OpenMP team: a team per connection thread would
+ * leave idle teams spinning beside the running one. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <malloc.h>
@@ -29,8 +31,9 @@ typedef struct server {
   int queue_size;
   pthread_mutex_t qmu;
   pthread_cond_t qcv;
-  uint64_t issued, started; /* tickets: waiting = issued - started */
-  int running;
+  struct job *head, *tail; /* waiting jobs, FIFO */
+  int waiting, running, stopping;
+  pthread_t engine_thread;
   srv_redis_queue *redis; /* --queue: jobs go to workers */
 } server;
 
@@ -127,30 +130,70 @@ static int authorized(server *s, struct MHD_Connection *c) {
 
 /* ---- the FIFO ---- */
 
-static int queue_enter(server *s) {
+typedef struct job {
+  const srv_request *r;
+  cJSON *out;
+  srv_error err;
+  int rc, done;
+  struct job *next;
+} job;
+
+static void *engine_main(void *arg) {
+  server *s = arg;
   pthread_mutex_lock(&s->qmu);
-  if (s->running && s->issued - s->started >= (uint64_t)s->queue_size) {
+  for (;;) {
+    while (!s->head && !s->stopping) pthread_cond_wait(&s->qcv, &s->qmu);
+    if (!s->head) break;
+    job *j = s->head;
+    if (!(s->head = j->next)) s->tail = NULL;
+    s->waiting--;
+    s->running = 1;
     pthread_mutex_unlock(&s->qmu);
-    return -1;
+    j->rc = srv_engine_run(&s->eng, j->r, &j->out, &j->err);
+    pthread_mutex_lock(&s->qmu);
+    s->running = 0;
+    j->done = 1;
+    pthread_cond_broadcast(&s->qcv);
   }
-  uint64_t t = s->issued++;
-  while (s->running || t != s->started) pthread_cond_wait(&s->qcv, &s->qmu);
-  s->started++;
-  s->running = 1;
   pthread_mutex_unlock(&s->qmu);
-  return 0;
+  return NULL;
 }
 
-static void queue_leave(server *s) {
+static void stop_engine(server *s) {
   pthread_mutex_lock(&s->qmu);
-  s->running = 0;
+  s->stopping = 1;
   pthread_cond_broadcast(&s->qcv);
   pthread_mutex_unlock(&s->qmu);
+  pthread_join(s->engine_thread, NULL);
+}
+
+/* Runs r on the engine thread and waits for it; -1 with a 503 when the
+ * queue is full. */
+static int run_queued(server *s, const srv_request *r, cJSON **out, srv_error *e) {
+  job j = {.r = r};
+  pthread_mutex_lock(&s->qmu);
+  if (s->stopping || ((s->running || s->waiting) && s->waiting >= s->queue_size)) {
+    pthread_mutex_unlock(&s->qmu);
+    srv_set_error(e, 503, "busy", "the queue is full; retry later");
+    return -1;
+  }
+  if (s->tail)
+    s->tail->next = &j;
+  else
+    s->head = &j;
+  s->tail = &j;
+  s->waiting++;
+  pthread_cond_broadcast(&s->qcv);
+  while (!j.done) pthread_cond_wait(&s->qcv, &s->qmu);
+  pthread_mutex_unlock(&s->qmu);
+  *out = j.out;
+  *e = j.err;
+  return j.rc;
 }
 
 static int jobs_pending(server *s) {
   pthread_mutex_lock(&s->qmu);
-  int n = (int)(s->issued - s->started) + s->running;
+  int n = s->waiting + s->running;
   pthread_mutex_unlock(&s->qmu);
   return n;
 }
@@ -166,13 +209,7 @@ static enum MHD_Result generate(server *s, struct MHD_Connection *c, conn *k, in
   if (s->redis) {
     rc = srv_redis_submit(s->redis, k->body, k->len, kind, &out, &e);
   } else {
-    if (queue_enter(s)) {
-      srv_request_free(&r);
-      srv_set_error(&e, 503, "busy", "the queue is full; retry later");
-      return send_error(c, &e, "5");
-    }
-    rc = srv_engine_run(&s->eng, &r, &out, &e);
-    queue_leave(s);
+    rc = run_queued(s, &r, &out, &e);
   }
   srv_request_free(&r);
   if (rc) return send_error(c, &e, e.status == 503 ? "5" : NULL);
@@ -400,6 +437,12 @@ int srv_serve_main(int argc, char **argv) {
     srv_engine_free(&s.eng);
     return 1;
   }
+  if (pthread_create(&s.engine_thread, NULL, engine_main, &s)) {
+    fprintf(stderr, "error: cannot start the engine thread\n");
+    srv_redis_queue_close(s.redis);
+    srv_engine_free(&s.eng);
+    return 1;
+  }
   signal(SIGPIPE, SIG_IGN);
 #ifdef M_ARENA_MAX
   /* glibc gives each connection thread its own malloc arena and keeps it:
@@ -414,6 +457,7 @@ int srv_serve_main(int argc, char **argv) {
       MHD_OPTION_CONNECTION_TIMEOUT, 3600u, MHD_OPTION_END);
   if (!d) {
     fprintf(stderr, "error: cannot listen on %s:%ld (in use?)\n", host, port);
+    stop_engine(&s);
     srv_redis_queue_close(s.redis);
     srv_engine_free(&s.eng);
     return 1;
@@ -429,7 +473,8 @@ int srv_serve_main(int argc, char **argv) {
   while (!g_stop) pause();
   fprintf(stderr, "stopping\n");
   srv_engine_interrupt(&s.eng);
-  MHD_stop_daemon(d);
+  MHD_stop_daemon(d); /* waits for the connection threads: their jobs finish first */
+  stop_engine(&s);
   srv_redis_queue_close(s.redis);
   srv_engine_free(&s.eng);
   return 0;
