@@ -402,6 +402,8 @@ fail:
 done:
   sd_free(lcm_loras);
   gen_free_loras(&r);
+  gen_free_loras(&r);
+  sd_free(lcm_loras);
   sd_free(r.images);
   sd_free(r.handoff);
   for (int b = 0; r.final && b < r.n; b++) sd_image_free(&r.final[b]);
