@@ -400,8 +400,6 @@ fail:
     unlink(r.latents_path);
   }
 done:
-  sd_free(lcm_loras);
-  gen_free_loras(&r);
   gen_free_loras(&r);
   sd_free(lcm_loras);
   sd_free(r.images);
