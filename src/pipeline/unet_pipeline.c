@@ -404,6 +404,7 @@ int sd_denoise(const sd_unet_model *m, sd_scheduler *sched, const sd_conditionin
       float g = o->guidance_scale;
       for (int64_t k = 0; k < N; k++) eps[k] = eps[k] + g * (eps[N + k] - eps[k]);
     }
+    if (o->on_prediction && (rc = o->on_prediction(i, eps, latents, o->user))) goto done;
     if ((rc = sd_scheduler_step(sched, i, eps, latents, N, rng, err))) goto done;
     if (o->on_step && o->on_step(i - o->begin_index + 1, total - o->begin_index, o->user)) {
       rc = sd_fail(err, SD_ERR_CANCELLED, "cancelled");

@@ -108,6 +108,11 @@ typedef struct sd_denoise_options {
   const float *timestep_cond;
   sd_step_cb on_step;
   void *user;
+  /* previews: called at each loop index i with the model output (after
+   * CFG) and the sample it was computed on, (n, C, h, w) each, before the
+   * scheduler step; nonzero return stops the loop with that code. NULL:
+   * none. */
+  int (*on_prediction)(int i, const float *model_output, const float *sample, void *user);
 } sd_denoise_options;
 
 /* Runs the loop in place on latents (n, C, h, w), already multiplied by
