@@ -148,11 +148,12 @@ int sd_lora_open(sd_lora **out, const char *path, sd_error *err) {
       if (ends_with(key, k_suffixes[s].suffix, &stem)) role = k_suffixes[s].role;
     for (int q = 0; q < COUNT(k_prefixes) && role >= 0 && p < 0; q++)
       if (strncmp(key, k_prefixes[q].prefix, strlen(k_prefixes[q].prefix)) == 0) p = q;
-    if (role < 0 || p < 0) {
+    if (role < 0 || p < 0) { /* key lives in l->w: the message first */
+      rc = sd_fail(err, SD_ERR_FORMAT,
+                   "LoRA %s: unknown key '%s' (not a kohya or diffusers/PEFT LoRA tensor)",
+                   path, key);
       sd_lora_free(l);
-      return sd_fail(err, SD_ERR_FORMAT,
-                     "LoRA %s: unknown key '%s' (not a kohya or diffusers/PEFT LoRA tensor)",
-                     path, key);
+      return rc;
     }
     if (key[0] == 'l') kohya = 1; else peft = 1;
     if (k_prefixes[p].family != SD_LORA_FAMILY_ANY) {
@@ -593,6 +594,19 @@ int sd_adapter_touched(const sd_adapter *a, sd_lora_target_kind kind) {
   int n = 0;
   for (int i = 0; a && i < a->nt; i++) n += kind_of(a, &a->t[i]) == (int)kind;
   return n;
+}
+
+int64_t sd_adapter_side_scratch_bytes(const sd_adapter *a, sd_lora_target_kind kind,
+                                      int64_t rows) {
+  int64_t best = 0;
+  for (int i = 0; a && i < a->nt; i++) {
+    if (kind_of(a, &a->t[i]) != (int)kind) continue;
+    for (const sd_lowrank *s = a->t[i].terms; s; s = s->next) {
+      int64_t b = 4 * sd_lowrank_rank(s) * (rows + s->up.shape[0]);
+      if (b > best) best = b;
+    }
+  }
+  return best;
 }
 
 int sd_adapter_is_merged(const sd_adapter *a) { return a && a->merged; }

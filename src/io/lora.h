@@ -112,6 +112,10 @@ void sd_adapter_forget(sd_adapter *a, const sd_weights *w);
 int64_t sd_adapter_side_bytes(const sd_adapter *a, sd_lora_target_kind kind);
 int64_t sd_adapter_merge_extra_bytes(const sd_adapter *a, sd_lora_target_kind kind);
 int sd_adapter_touched(const sd_adapter *a, sd_lora_target_kind kind);
+/* Side-path scratch of one product of `rows` rows through the largest term
+ * of a target kind (down(x) and up converted to F32). */
+int64_t sd_adapter_side_scratch_bytes(const sd_adapter *a, sd_lora_target_kind kind,
+                                      int64_t rows);
 int sd_adapter_is_merged(const sd_adapter *a);
 
 /* diffusers path of a UNet module -> the SGM (single-file) path, e.g.

@@ -89,6 +89,10 @@ int sd_validate_params(const sdgen_params *p, sd_error *err) {
     return sd_fail(err, SD_ERR_ARG,
                    "unknown timestep spacing '%s' (leading, linspace or trailing)",
                    p->timestep_spacing);
+  if (p->prediction_type && strcmp(p->prediction_type, "epsilon") &&
+      strcmp(p->prediction_type, "v_prediction"))
+    return sd_fail(err, SD_ERR_ARG, "unknown prediction type '%s' (epsilon or v_prediction)",
+                   p->prediction_type);
   if (p->rng && sd_rng_kind_parse(p->rng) < 0)
     return sd_fail(err, SD_ERR_ARG, "unknown generator '%s' (cpu or cuda)", p->rng);
   sd_precision prec;
@@ -335,8 +339,14 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *p, sdgen_result *res) {
   localtime_r(&now, &tmv);
   strftime(r.stamp, sizeof r.stamp, "%Y%m%d_%H%M%S", &tmv);
 
+  sdgen_params lcm_p; /* params->lcm_auto: the params with the LCM recipe */
+  sdgen_lora *lcm_loras = NULL;
   sd_monitor_stage(&r.mon, "Before model load");
   if ((rc = sd_resolve_model(p, p->model, r.model_path, sizeof r.model_path, err))) goto fail;
+  if (p->lcm_auto) {
+    if ((rc = gen_lcm_params(r.model_path, p, &lcm_p, &lcm_loras, err))) goto fail;
+    r.p = &lcm_p;
+  }
   if ((rc = precheck(&r, r.refiner_path, sizeof r.refiner_path))) goto fail;
   /* Recovery: an allocation failure inside the base stage is retried (at
    * most twice) with the next more frugal memory plan. */
@@ -396,6 +406,7 @@ fail:
 done:
   gen_free_loras(&r);
   gen_free_vaes(&r);
+  sd_free(lcm_loras);
   sd_free(r.images);
   sd_free(r.handoff);
   for (int b = 0; r.final && b < r.n; b++) sd_image_free(&r.final[b]);
