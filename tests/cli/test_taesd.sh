@@ -79,6 +79,16 @@ PY" "metadata has no vae entry"
 check "grep -a -q 'VAE: taesd' '$png'" "A1111 parameters lack 'VAE: taesd'"
 check "! ls '$out'/*.tmp* >/dev/null 2>&1" "temporary files left"
 
+# the last preview (step == total) decodes the final x0 estimate: the image itself (Euler's
+# last x0 is its output; a wrong x0 formula is far off)
+out="$T/pvlast"
+"$GEN" "$PROMPT" "${ARGS[@]}" --sampler euler --vae "$FIX/taesd" --preview 3 --output "$out" -q \
+  >"$T/stdout" 2>"$T/stderr"
+if [ -x "$BUILD/sdgen_imgdiff" ]; then
+  d=$("$BUILD/sdgen_imgdiff" "$out"/output_*.preview.png "$out"/output_*_0.png 2>&1 | tail -1)
+  check "echo '$d' | grep -Eq 'max \|diff\| [01] levels'" "last preview vs image: $d"
+fi
+
 # 2. the original-format decoder file (encoder found beside it)
 out="$T/orig"
 "$GEN" "$PROMPT" "${ARGS[@]}" --vae "$FIX/taesd/taesd_decoder.safetensors" --output "$out" -q \
