@@ -136,6 +136,17 @@ out="$T/img2img"
 rc=$?
 check "[ $rc -eq 0 ]" "img2img with --vae exit $rc: $(tail -1 "$T/stderr")"
 
+# 4b. --decode of kept latents with the tiny VAE = the --vae run's image
+out="$T/keep"
+"$GEN" "$PROMPT" "${ARGS[@]}" --keep-latents --output "$out" -q >"$T/stdout" 2>"$T/stderr"
+lat=$(ls "$out"/*.latents.safetensors 2>/dev/null | head -1)
+"$GEN" --decode "$lat" --vae "$FIX/taesd" --output "$T/decoded" -q >"$T/stdout" 2>"$T/stderr"
+rc=$?
+check "[ $rc -eq 0 ]" "--decode --vae exit $rc: $(tail -1 "$T/stderr")"
+png=$(ls "$T"/decoded/output_*_0.png 2>/dev/null | head -1)
+d=$(python3 "$T/cmp.py" "$png" "$GOLD" txt2img_taesd.image_u8 2>&1)
+check "[ '$d' = 0 ] || [ '$d' = 1 ]" "--decode --vae image differs from the golden by $d levels"
+
 # 5. refusals before generation: one error line, exit 1, nothing written
 out="$T/refused"
 "$GEN" "$PROMPT" "${ARGS[@]}" --vae "$FIX/taesd3" --output "$out" >"$T/stdout" 2>"$T/stderr"
