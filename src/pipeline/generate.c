@@ -116,6 +116,9 @@ int sd_validate_params(const sdgen_params *p, sd_error *err) {
     return sd_fail(err, SD_ERR_ARG, "refiner steps must be between 1 and 10000");
   if (p->refiner_switch > 0.0f && !p->refiner)
     return sd_fail(err, SD_ERR_ARG, "--refiner-switch needs --refiner");
+  if (p->vae && !p->vae[0]) return sd_fail(err, SD_ERR_ARG, "empty VAE name");
+  if (p->preview_every < 0)
+    return sd_fail(err, SD_ERR_ARG, "preview interval must be >= 0 (got %d)", p->preview_every);
   if (p->refiner_switch < 0.0f || p->refiner_switch >= 1.0f)
     return sd_fail(err, SD_ERR_ARG, "refiner switch must be in (0, 1) (got %g)",
                    p->refiner_switch);
@@ -260,6 +263,7 @@ static int precheck(gen_run *r, char *refiner_path, size_t n) {
   }
   const char *base, *ref;
   if ((rc = gen_resolve_loras(r))) return rc;
+  if ((rc = gen_open_vaes(r))) return rc;
   if (r->n_loras && ((rc = model_family(r->model_path, &base, r->err)) ||
                      (rc = gen_check_loras(r, base))))
     return rc;
@@ -401,6 +405,7 @@ fail:
   }
 done:
   gen_free_loras(&r);
+  gen_free_vaes(&r);
   sd_free(lcm_loras);
   sd_free(r.images);
   sd_free(r.handoff);
