@@ -38,7 +38,7 @@ run neg "a cat" "${A[@]}" --lora "$L/sd15_attn.safetensors:-0.7"
 for x in kohya stack neg; do
   "$DIFF" "$(png "$T/base")" "$(png "$T/$x")" 2 >/dev/null && bad "$x image equals the base image" || ok
 done
-python3 - "$T" <<'PY' && ok || bad "LoRA metadata"
+python3 - "$T" "$L" <<'PY' && ok || bad "LoRA metadata"
 import json,glob,sys,re
 T=sys.argv[1]
 m=json.load(open(glob.glob(T+'/tag/*.json')[0]))
@@ -49,6 +49,14 @@ png=open(glob.glob(T+'/tag/*.png')[0],'rb').read()
 i=png.find(b'parameters\0'); text=png[i+11:i+600].decode('latin1')
 assert '<lora:sd15_attn:0.5>' in text and '<lora:sd15_locon:0.8>' in text, text
 assert 'Lora: "sd15_locon: 0.8, sd15_attn: 0.5"' in text, text
+# A1111's LoRA hash: SHA-256 of the bytes after the safetensors header
+import hashlib,struct
+def short(p):
+    raw=open(p,'rb').read(); n=struct.unpack('<Q',raw[:8])[0]
+    return hashlib.sha256(raw[8+n:]).hexdigest()[:12]
+L=sys.argv[2]
+want='Lora hashes: "sd15_locon: %s, sd15_attn: %s"'%(short(L+'/sd15_locon.safetensors'),short(L+'/sd15_attn.safetensors'))
+assert want in text, (want, text)
 PY
 
 # ---- bad files: one error line, exit 1, nothing written ----
