@@ -78,6 +78,14 @@ static void a1111_parameters(const gen_run *r, char *buf, size_t n) {
       u += (size_t)snprintf(buf + u, n - u, "%s%s: %g", i ? ", " : "",
                             lora_stem(r->loras[i].path), r->loras[i].scale);
     if (u < n) u += (size_t)snprintf(buf + u, n - u, "\"");
+    /* A1111: Lora hashes: "name: <12 hex>, ..." (files that could be read) */
+    int hashed = 0;
+    for (int i = 0; i < r->n_loras && u < n; i++) {
+      if (!r->loras[i].hash[0]) continue;
+      u += (size_t)snprintf(buf + u, n - u, "%s%s: %s", hashed++ ? ", " : ", Lora hashes: \"",
+                            lora_stem(r->loras[i].path), r->loras[i].hash);
+    }
+    if (hashed && u < n) u += (size_t)snprintf(buf + u, n - u, "\"");
   }
   if (p->precision && strcmp(p->precision, "fp32") != 0 && u < n)
     u += (size_t)snprintf(buf + u, n - u, ", Precision: %s", p->precision);
