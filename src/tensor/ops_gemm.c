@@ -21,6 +21,7 @@
 #include "base/status.h"
 #include "tensor/convert.h"
 #include "tensor/gemm_bf16.h"
+#include "tensor/gemm_f32.h"
 #include "tensor/ops.h"
 #include "tensor/ops_internal.h"
 #include "tensor/profile.h"
@@ -131,9 +132,7 @@ void sd_gemm_block(int transA, int transB, int64_t M, int64_t N, int64_t K,
     sd_gemm_bf16(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
-              transB ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K,
-              alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+  sd_sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 /* Concurrent block calls of sd_gemm_parallel for an M-row product. */
