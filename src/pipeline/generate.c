@@ -254,9 +254,13 @@ static int precheck(gen_run *r, char *refiner_path, size_t n) {
     sd_image_free(&img);
     if (rc) return rc;
   }
+  const char *base, *ref;
+  if ((rc = gen_resolve_loras(r))) return rc;
+  if (r->n_loras && ((rc = model_family(r->model_path, &base, r->err)) ||
+                     (rc = gen_check_loras(r, base))))
+    return rc;
   if (!p->refiner) return SD_OK;
   if ((rc = sd_resolve_model(p, p->refiner, refiner_path, n, r->err))) return rc;
-  const char *base, *ref;
   if ((rc = model_family(r->model_path, &base, r->err)) ||
       (rc = model_family(refiner_path, &ref, r->err)))
     return rc;
@@ -386,6 +390,7 @@ fail:
     unlink(r.latents_path);
   }
 done:
+  gen_free_loras(&r);
   sd_free(r.images);
   sd_free(r.handoff);
   for (int b = 0; r.final && b < r.n; b++) sd_image_free(&r.final[b]);

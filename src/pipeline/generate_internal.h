@@ -7,6 +7,7 @@
 #include "base/status.h"
 #include "tensor/ops.h"
 #include "io/image.h"
+#include "io/lora.h"
 #include "io/safetensors_write.h"
 #include "pipeline/monitor.h"
 #include "pipeline/planner.h"
@@ -17,6 +18,14 @@ struct sdgen_ctx {
   sd_error err;
   volatile int cancel;
 };
+
+#define GEN_MAX_LORAS 16
+
+typedef struct gen_lora {
+  char name[512];  /* as given (path, name under lora_dir, hub name) */
+  char path[4096]; /* resolved file */
+  float scale;
+} gen_lora;
 
 typedef struct gen_run {
   sdgen_ctx *ctx;
@@ -55,7 +64,20 @@ typedef struct gen_run {
    * weight is read) and applied when the refiner runs */
   sd_plan refiner_plan;
   int have_refiner_plan;
+  /* LoRAs: params->loras, then the prompt's <lora:NAME:SCALE> tags */
+  gen_lora loras[GEN_MAX_LORAS];
+  sd_lora_spec lora_specs[GEN_MAX_LORAS];
+  int n_loras;
+  char *prompt;          /* the prompt without its LoRA tags (encoded) */
+  const char *lora_mode; /* "merged" / "side path", NULL without LoRAs */
 } gen_run;
+
+/* Fills r->loras (resolved files) and r->prompt. */
+int gen_resolve_loras(gen_run *r);
+/* Opens every LoRA (structure only) and refuses one made for another
+ * family than `family` ("sd1", "sdxl", ..., "" unknown). */
+int gen_check_loras(gen_run *r, const char *family);
+void gen_free_loras(gen_run *r);
 
 /* Stage: the base image(s) from a UNet-family model (SD 1.x/2.x, SDXL). */
 int gen_base_unet(gen_run *r);

@@ -56,13 +56,73 @@ static int compare_image(const char *png, const sd_tensor *g, int index, int *wo
   return 1;
 }
 
+/* The command-line flags that give a case's `requires` features (LoRAs,
+ * scheduler overrides, a tiny VAE). Returns 0, after saying why, for a case
+ * whose settings the command line cannot express (the conformance runner
+ * checks it through the library). */
+static int case_flags(const char *fixtures, const cJSON *root, const cJSON *kase, char *out,
+                      size_t n) {
+  const cJSON *pa = cJSON_GetObjectItemCaseSensitive(kase, "params");
+  const char *name = sd_json_str(kase, "name", "?");
+  size_t u = 0;
+  out[0] = 0;
+  const cJSON *l;
+  cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(kase, "lora"))
+    u += (size_t)snprintf(out + u, u < n ? n - u : 0, " --lora %s/%s:%g", fixtures,
+                          sd_json_str(l, "file", ""), sd_json_num(l, "scale", 1.0));
+  const char *vae = sd_json_str(kase, "vae_folder", NULL);
+  if (vae) u += (size_t)snprintf(out + u, u < n ? n - u : 0, " --vae %s/%s", fixtures, vae);
+  const char *cls = sd_json_str(pa, "scheduler_class", NULL);
+  if (cls) {
+    static const struct { const char *cls, *sampler; } map[] = {
+        {"EulerDiscreteScheduler", "euler"}, {"LCMScheduler", "lcm"}, {"DDIMScheduler", "ddim"},
+        {"EulerAncestralDiscreteScheduler", "euler_a"}, {"PNDMScheduler", "pndm"}};
+    const char *sampler = NULL;
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+      if (!strcmp(cls, map[i].cls)) sampler = map[i].sampler;
+    /* overrides the CLI has a flag for; any other must equal the folder's */
+    char path[4400];
+    snprintf(path, sizeof path, "%s/%s/scheduler/scheduler_config.json", fixtures,
+             sd_json_str(kase, "model_folder", sd_json_str(root, "model_folder", "")));
+    cJSON *sc = NULL;
+    sd_error err = {0};
+    sd_json_read_file(path, &sc, &err);
+    const cJSON *o;
+    cJSON_ArrayForEach(o, cJSON_GetObjectItemCaseSensitive(pa, "from_config_overrides")) {
+      if (!strcmp(o->string, "timestep_spacing") && cJSON_IsString(o)) {
+        u += (size_t)snprintf(out + u, u < n ? n - u : 0, " --timestep-spacing %s",
+                              o->valuestring);
+        continue;
+      }
+      const cJSON *f = sc ? cJSON_GetObjectItemCaseSensitive(sc, o->string) : NULL;
+      if (!f || !cJSON_Compare(f, o, 1)) {
+        printf("SKIP %s: override %s has no command-line flag (checked by conformance)\n", name,
+               o->string);
+        cJSON_Delete(sc);
+        return 0;
+      }
+    }
+    cJSON_Delete(sc);
+    if (!sampler) {
+      CHECK_MSG(0, "%s: scheduler class %s has no CLI sampler", name, cls);
+      return 0;
+    }
+    u += (size_t)snprintf(out + u, u < n ? n - u : 0, " --sampler %s", sampler);
+  }
+  CHECK_MSG(u < n, "%s: flags too long", name);
+  return u < n;
+}
+
 static void run_model(const char *fixtures, const char *model, const cJSON *root) {
   char golden_dir[4096], p[4200];
   snprintf(golden_dir, sizeof golden_dir, "%s/golden/%s", fixtures, model);
   const cJSON *kase;
   cJSON_ArrayForEach(kase, cJSON_GetObjectItemCaseSensitive(root, "cases")) {
-    if (strcmp(sd_json_str(kase, "kind", ""), "txt2img") != 0) continue;
+    const char *kind = sd_json_str(kase, "kind", "");
+    if (strcmp(kind, "txt2img") != 0 && strcmp(kind, "lcm_txt2img") != 0) continue;
     const cJSON *pa = cJSON_GetObjectItemCaseSensitive(kase, "params");
+    char extra[8192];
+    if (!case_flags(fixtures, root, kase, extra, sizeof extra)) continue;
     sd_weights *g = NULL;
     sd_error err = {0};
     snprintf(p, sizeof p, "%s/%s", golden_dir, sd_json_str(kase, "file", ""));
@@ -72,7 +132,7 @@ static void run_model(const char *fixtures, const char *model, const cJSON *root
     }
     const sd_tensor *gu8 = sd_weights_get(
         g, sd_json_str(cJSON_GetObjectItemCaseSensitive(kase, "outputs"), "image_u8", ""));
-    const char *folder = sd_json_str(root, "model_folder", model);
+    const char *folder = sd_json_str(kase, "model_folder", sd_json_str(root, "model_folder", model));
     const char *single = sd_json_str(root, "single_file", NULL);
     for (int layout = 0; layout < (single ? 2 : 1); layout++) {
       char cmd[16384], qp[4096], qn[4096] = "", model_arg[8192], out[512];
@@ -91,9 +151,9 @@ static void run_model(const char *fixtures, const char *model, const cJSON *root
         snprintf(model_arg, sizeof model_arg, "--model %s/%s --config %s/%s --tokenizers %s/tokenizers",
                  fixtures, single, fixtures, folder, fixtures);
       snprintf(cmd, sizeof cmd,
-               "rm -rf %s && ./generate %s %s %s --steps %d --n %d --cfg %g --seed %lld "
+               "rm -rf %s && ./generate %s %s %s %s --steps %d --n %d --cfg %g --seed %lld "
                "--width %d --height %d --output %s -q --threads 1 > %s.list",
-               out, qp, qn, model_arg, sd_json_int(pa, "num_inference_steps", 4),
+               out, qp, qn, model_arg, extra, sd_json_int(pa, "num_inference_steps", 4),
                sd_json_int(pa, "num_images_per_prompt", 1),
                sd_json_num(pa, "guidance_scale", 7.5), (long long)sd_json_num(pa, "latents_seed", 0),
                sd_json_int(pa, "width", 128), sd_json_int(pa, "height", 128), out, out);
