@@ -2,7 +2,7 @@
  * chosen by the CPU at run time, with OpenBLAS kept as a reference and a
  * fallback.
  *
- * Paths: "avx512" (AVX-512 F/BW/DQ/VL, 14 x 32 register block), "avx2"
+ * Paths: "avx512" (AVX-512 F/BW/DQ/VL, 6 x 64 register block), "avx2"
  * (AVX2 + FMA, 6 x 16), "neon" (ARM64, 8 x 12), "c" (portable 4 x 16), and
  * "blas" (cblas_sgemm). The default is the widest kernel the CPU runs; the
  * environment variable SDGEN_GEMM=blas|c|avx2|avx512|neon overrides it (read
