@@ -41,6 +41,7 @@ static char g_desc[96];
 static void detect(void) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
+  g_cpu.amd = __builtin_cpu_is("amd");
   g_cpu.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   g_cpu.avx512 = __builtin_cpu_supports("avx512f") &&
                  __builtin_cpu_supports("avx512bw") &&

@@ -6,6 +6,7 @@
 #define SDGEN_BASE_CPU_H
 
 typedef struct sd_cpu_features {
+  int amd;         /* x86 vendor AMD (decides what is fast, not what runs) */
   int avx2_fma;    /* AVX2 + FMA3 (x86-64-v3) */
   int avx512;      /* AVX-512 F, BW, DQ, VL, with OS support for ZMM state */
   int avx512_bf16; /* VDPBF16PS: bf16 pairs dotted into F32 accumulators */
