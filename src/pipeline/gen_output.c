@@ -87,8 +87,12 @@ static void a1111_parameters(const gen_run *r, char *buf, size_t n) {
     }
     if (hashed && u < n) u += (size_t)snprintf(buf + u, n - u, "\"");
   }
-  if (p->precision && strcmp(p->precision, "fp32") != 0 && u < n)
-    u += (size_t)snprintf(buf + u, n - u, ", Precision: %s", p->precision);
+  /* "fast" is recorded as the arithmetic it chose on this CPU */
+  const char *prec = p->precision && !strcmp(p->precision, "fast")
+                         ? sd_precision_name(sd_precision_fast(NULL))
+                         : p->precision;
+  if (prec && strcmp(prec, "fp32") != 0 && u < n)
+    u += (size_t)snprintf(buf + u, n - u, ", Precision: %s", prec);
   if (u < n) snprintf(buf + u, n - u, ", Version: sdgen %s", SDGEN_VERSION);
 }
 
@@ -190,7 +194,12 @@ static cJSON *metadata(const gen_run *r, int index, const char *png_name) {
     cJSON_AddNumberToObject(t, "total", sd_monitor_elapsed(&r->mon));
   }
   cJSON_AddNumberToObject(o, "threads", sd_get_threads());
-  cJSON_AddStringToObject(o, "precision", p->precision ? p->precision : "fp32");
+  if (p->precision && !strcmp(p->precision, "fast")) {
+    cJSON_AddStringToObject(o, "precision", sd_precision_name(sd_precision_fast(NULL)));
+    cJSON_AddStringToObject(o, "precision_requested", "fast");
+  } else {
+    cJSON_AddStringToObject(o, "precision", p->precision ? p->precision : "fp32");
+  }
   cJSON_AddStringToObject(o, "version", SDGEN_VERSION);
   cJSON *opts = cJSON_AddArrayToObject(o, "optimizations");
   for (int i = 0; opts && i < r->mon.nopt; i++)
