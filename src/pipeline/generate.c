@@ -63,7 +63,11 @@ int sd_parse_precision(const char *name, sd_precision *out, sd_error *err) {
     *out = SD_PREC_BF16;
     return SD_OK;
   }
-  return sd_fail(err, SD_ERR_ARG, "unknown precision '%s' (fp32 or bf16)", name);
+  if (!strcmp(name, "fast")) {
+    *out = sd_precision_fast(NULL);
+    return SD_OK;
+  }
+  return sd_fail(err, SD_ERR_ARG, "unknown precision '%s' (fp32, bf16 or fast)", name);
 }
 
 int sd_validate_params(const sdgen_params *p, sd_error *err) {
@@ -116,6 +120,9 @@ int sd_validate_params(const sdgen_params *p, sd_error *err) {
     return sd_fail(err, SD_ERR_ARG, "refiner steps must be between 1 and 10000");
   if (p->refiner_switch > 0.0f && !p->refiner)
     return sd_fail(err, SD_ERR_ARG, "--refiner-switch needs --refiner");
+  if (p->vae && !p->vae[0]) return sd_fail(err, SD_ERR_ARG, "empty VAE name");
+  if (p->preview_every < 0)
+    return sd_fail(err, SD_ERR_ARG, "preview interval must be >= 0 (got %d)", p->preview_every);
   if (p->refiner_switch < 0.0f || p->refiner_switch >= 1.0f)
     return sd_fail(err, SD_ERR_ARG, "refiner switch must be in (0, 1) (got %g)",
                    p->refiner_switch);
@@ -260,6 +267,7 @@ static int precheck(gen_run *r, char *refiner_path, size_t n) {
   }
   const char *base, *ref;
   if ((rc = gen_resolve_loras(r))) return rc;
+  if ((rc = gen_open_vaes(r))) return rc;
   if (r->n_loras && ((rc = model_family(r->model_path, &base, r->err)) ||
                      (rc = gen_check_loras(r, base))))
     return rc;
@@ -330,6 +338,11 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *p, sdgen_result *res) {
   sd_precision prec;
   sd_parse_precision(p->precision, &prec, err); /* validated above */
   sd_set_precision(prec);
+  if (p->precision && !strcmp(p->precision, "fast")) {
+    const char *why;
+    sd_precision_fast(&why);
+    sd_monitor_info(&r.mon, "precision fast: %s (%s)", sd_precision_name(prec), why);
+  }
   time_t now = time(NULL);
   struct tm tmv;
   localtime_r(&now, &tmv);
@@ -401,6 +414,7 @@ fail:
   }
 done:
   gen_free_loras(&r);
+  gen_free_vaes(&r);
   sd_free(lcm_loras);
   sd_free(r.images);
   sd_free(r.handoff);
