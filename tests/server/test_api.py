@@ -173,6 +173,30 @@ try:
 finally:
     rc = stop(srv)
     C.check(rc == 0, "server exit status %s after SIGTERM" % rc)
+
+# live preview: current_image from the tiny VAE found in a Hugging Face cache
+hub = os.path.join(t, "hub", "models--madebyollin--taesd")
+sha = "0123456789abcdef0123456789abcdef01234567"
+os.makedirs(os.path.join(hub, "refs")); os.makedirs(os.path.join(hub, "snapshots", sha))
+open(os.path.join(hub, "refs", "main"), "w").write(sha)
+for f in ("config.json", "diffusion_pytorch_model.safetensors"):
+    os.symlink(os.path.join(fix, "taesd", f), os.path.join(hub, "snapshots", sha, f))
+os.environ["HF_HUB_CACHE"] = os.path.join(t, "hub")
+srv, port = start_server(gen, ["--model-dir", models, "--threads", "1", "--preview-every", "1"], log)
+try:
+    out = {}
+    th = threading.Thread(target=lambda: out.setdefault("r", request(port, "POST", "/sdapi/v1/txt2img", dict(base, steps=30))))
+    th.start()
+    img = None
+    while th.is_alive() and not img:
+        img = request(port, "GET", "/sdapi/v1/progress")[1]["current_image"]
+        time.sleep(0.05)
+    th.join()
+    C.check(img and base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n", "no preview PNG in current_image")
+    C.check(out["r"][0] == 200, "run with previews: %d" % out["r"][0])
+finally:
+    rc = stop(srv)
+    C.check(rc == 0, "server exit status %s after SIGTERM" % rc)
     log.close()
     if C.fails:
         print(open(os.path.join(t, "server.log")).read()[-3000:])
