@@ -70,7 +70,7 @@ try:
         res["t0"] = time.time()
         res["r"] = request(port, "POST", "/sdapi/v1/txt2img", body)
         res["t1"] = time.time()
-    th = threading.Thread(target=run, args=(dict(base, steps=40, seed=7),))
+    th = threading.Thread(target=run, args=(dict(base, steps=20, seed=7, width=64, height=64),))
     th.start()
     while th.is_alive():
         st, p, _, _ = request(port, "GET", "/sdapi/v1/progress")
@@ -83,8 +83,8 @@ try:
     C.check(any(jc == 1 for _, _, jc in seen), "job_count never 1")
     st, p, _, _ = request(port, "GET", "/sdapi/v1/progress")
     C.check(p["progress"] == 0 and p["state"]["job_count"] == 0, "progress after the run %s" % p)
-    step_s = (res["t1"] - res["t0"]) / 40
-    th = threading.Thread(target=run, args=(dict(base, steps=150, seed=8),))
+    step_s = (res["t1"] - res["t0"]) / 20
+    th = threading.Thread(target=run, args=(dict(base, steps=150, seed=8, width=64, height=64),))
     th.start()
     while True:
         st, p, _, _ = request(port, "GET", "/sdapi/v1/progress")
@@ -185,7 +185,7 @@ os.environ["HF_HUB_CACHE"] = os.path.join(t, "hub")
 srv, port = start_server(gen, ["--model-dir", models, "--threads", "1", "--preview-every", "1"], log)
 try:
     out = {}
-    th = threading.Thread(target=lambda: out.setdefault("r", request(port, "POST", "/sdapi/v1/txt2img", dict(base, steps=30))))
+    th = threading.Thread(target=lambda: out.setdefault("r", request(port, "POST", "/sdapi/v1/txt2img", dict(base, steps=20, width=64, height=64))))
     th.start()
     img = None
     while th.is_alive() and not img:
