@@ -12,9 +12,13 @@
 # alpha RANK/4; peft: LCM-LoRA-shaped, rank RANK), then runs `generate` at
 # SIZE² for STEPS steps: without LoRA (BASELINE=1, resident), LoRA merged
 # (--plan resident) and LoRA side path (--plan streaming). Per run: s/step
-# (denoising seconds / steps), model load (+ LoRA bind and merge) seconds,
-# text encoding, VAE decode, peak RSS (VmHWM from /usr/bin/time -v, and the
-# largest process_peak_rss_bytes of the metadata's memory records). Prints a
+# (denoising seconds / steps), model load (+ LoRA bind) seconds, text
+# encoding (+ text-encoder merge), VAE decode, "other" = total minus those
+# (mostly the UNet merge, done between encoding and denoising; also the LoRA
+# hash and the PNG save), peak RSS (the largest process_peak_rss_bytes of the
+# metadata's memory records: the per-stage VmHWM; /usr/bin/time's maxrss is
+# not used, generate resets the high-water mark per stage through
+# /proc/self/clear_refs so the exit value is only the last stage's). Prints a
 # table and writes JSON to $SDGEN_BENCH_DIR/lora-<date>.json. The load
 # average and CPU model are printed with it: on a shared machine the
 # numbers are noisy.
@@ -58,7 +62,7 @@ for r in "${runs[@]}"; do
         --output "$out/$name")
   [ "$1" = lora ] && args+=(--lora "$lora")
   echo "== $name: generate ${args[*]}"
-  /usr/bin/time -v -o "$out/$name.time" "$build/generate" "${args[@]}" >/dev/null
+  "$build/generate" "${args[@]}" >/dev/null
 done
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 json="$bench_dir/lora-$(date +%Y%m%d-%H%M%S).json"
@@ -74,24 +78,22 @@ for r in sys.argv[11:]:
     name = f"{kind}-{plan}"
     m = json.load(open(glob.glob(f"{out}/{name}/*.json")[0]))
     t = m["timings_s"]
-    hwm = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)",
-                        open(f"{out}/{name}.time").read()).group(1)) * 1024
     rows.append({
         "run": name, "plan": plan,
         "lora_applied": [l["applied"] for l in m["loras"]],
         "s_per_step": t["denoising"] / steps,
         "model_load_s": t["model_load"], "text_encoding_s": t["text_encoding"],
         "vae_decode_s": t["vae_decode"], "total_s": t["total"],
-        "peak_rss_bytes": hwm,
-        "metadata_peak_rss_bytes": max(s["process_peak_rss_bytes"] for s in m["memory"]["stages"]),
+        "other_s": t["total"] - t["model_load"] - t["text_encoding"] - t["denoising"] - t["vae_decode"],
+        "peak_rss_bytes": max(s["process_peak_rss_bytes"] for s in m["memory"]["stages"]),
         "predicted_peak_bytes": m["memory"]["plan"]["predicted_peak_bytes"],
     })
 print(f"{'run':16} {'applied':10} {'s/step':>8} {'load s':>8} {'decode s':>9} {'total s':>8} "
-      f"{'VmHWM GB':>9} {'plan GB':>8}")
+      f"{'other s':>8} {'peak GB':>8} {'plan GB':>8}")
 for r in rows:
     ap = ",".join(r["lora_applied"]) or "-"
     print(f"{r['run']:16} {ap:10} {r['s_per_step']:8.2f} {r['model_load_s']:8.2f} "
-          f"{r['vae_decode_s']:9.2f} {r['total_s']:8.2f} {r['peak_rss_bytes']/1e9:9.2f} "
+          f"{r['vae_decode_s']:9.2f} {r['total_s']:8.2f} {r['other_s']:8.2f} {r['peak_rss_bytes']/1e9:8.2f} "
           f"{r['predicted_peak_bytes']/1e9:8.2f}")
 doc = {"bench": "sd15-lora", "size": int(size), "steps": steps, "lora_format": fmt,
        "lora_rank": int(rank), "lora_file": lora, "lora_bytes": os.path.getsize(lora),
