@@ -13,11 +13,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "base/memprobe.h"
 #include "cli/commands.h"
 #include "cli/console.h"
 #include "cli/presets.h"
-#include "tensor/blas_setup.h"
 #include "sdgen.h"
 
 #define DEFAULT_MODEL "Lykon/DreamShaper-8"
@@ -127,7 +125,7 @@ typedef struct given {
 } given;
 
 int main(int argc, char **argv) {
-  sd_blas_select_kernels(argv);
+  sdgen_process_init(argv);
   sdgen_params p = sdgen_default_params();
   given g = {0};
   int quiet = 0, verbose = 0;
@@ -326,7 +324,7 @@ int main(int argc, char **argv) {
       }
     } else if (IS("--max-memory")) {
       NEED_VALUE;
-      p.max_memory = sd_parse_size(val);
+      p.max_memory = sdgen_parse_size(val);
       if (p.max_memory <= 0) {
         fprintf(stderr, "error: --max-memory expects a size like 4G or 600M, got '%s'\n", val);
         return 2;
@@ -417,10 +415,12 @@ int main(int argc, char **argv) {
   if (rc) {
     fprintf(stderr, "error: %s\n", sdgen_last_error(ctx));
     int cancelled = strcmp(sdgen_last_error(ctx), "cancelled") == 0;
+    sdgen_result_free(&res);
     sdgen_ctx_free(ctx);
     return cancelled ? 130 : 1;
   }
   for (int i = 0; i < res.count; i++) printf("%s\n", res.images[i]);
+  sdgen_result_free(&res);
   sdgen_ctx_free(ctx);
   return 0;
 }
