@@ -153,7 +153,11 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *params, sdgen_result *res
 /* Finishes a generation whose VAE decode did not complete: decodes the
  * latents file written next to the output (output_<stamp>.latents.safetensors)
  * with the VAE of params->model (NULL: the model named in the file) and
- * writes the images as sdgen_generate would. */
+ * writes the images as sdgen_generate would, under the run's own stamp
+ * (output_<stamp>_<i>.png + .json), beside the latents file when
+ * params->output_dir is NULL, else in output_dir. The latents file is then
+ * removed as a run that decoded at once removes it (kept with keep_latents,
+ * and always kept when the decode fails). */
 int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *params, const char *latents_file,
                  sdgen_result *result);
 

@@ -36,7 +36,7 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: generate \"PROMPT\" [options]\n"
           "       generate --list-presets | --list-models | --download MODEL\n"
-          "       generate --decode LATENTS_FILE [--model M] [--output DIR]\n"
+          "       generate --decode LATENTS_FILE [--model M] [--output DIR (default: beside it)]\n"
           "       generate --bench [--model M] [--precision fp32|bf16] [--size PX]\n"
           "                [--threads N] [--steps 1] [--json FILE]\n"
           "\n"
@@ -131,6 +131,7 @@ int main(int argc, char **argv) {
   int quiet = 0, verbose = 0;
   const char *prompt = NULL, *quality = NULL, *style_name = NULL;
   const char *download = NULL, *decode = NULL, *bench_json = NULL;
+  int output_given = 0;
   int list_presets = 0, list_models = 0, bench = 0;
   long long v;
   for (int i = 1; i < argc; i++) {
@@ -291,6 +292,7 @@ int main(int argc, char **argv) {
     } else if (IS("--output") || IS("-o")) {
       NEED_VALUE;
       p.output_dir = val;
+      output_given = 1;
     } else if (IS("--tokenizers")) {
       NEED_VALUE;
       p.tokenizers_dir = val;
@@ -366,7 +368,10 @@ int main(int argc, char **argv) {
     if (!g.upscale && pr->upscale) p.upscale = pr->upscale;
     if (!style_name && pr->style) style_name = pr->style;
   }
-  if (decode) return cmd_decode(decode, &p, &con); /* model: --model or the file's */
+  if (decode) { /* beside the latents file unless --output says otherwise */
+    if (!output_given) p.output_dir = NULL;
+    return cmd_decode(decode, &p, &con);
+  } /* model: --model or the file's */
   if (!p.model) p.model = DEFAULT_MODEL;
   if (bench_json && !bench) {
     fprintf(stderr, "error: --json goes with --bench\n");
