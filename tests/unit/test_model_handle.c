@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "base/alloc.h"
+#include "base/memprobe.h"
 #include "io/image.h"
 #include "sdgen.h"
 #include "test_util.h"
@@ -28,7 +29,7 @@
 #define SDGEN_FIXTURES_DEFAULT "../shared/fixtures"
 #endif
 
-#define RUNS 4
+#define RUNS 6
 
 static char g_tmp[256];
 
@@ -159,7 +160,7 @@ int main(int argc, char **argv) {
   sdgen_model *m = NULL;
   rc = sdgen_model_load(ctx, &p, &m);
   CHECK_MSG(rc == 0, "sdgen_model_load: %s", sdgen_last_error(ctx));
-  int64_t baseline = -1;
+  int64_t baseline = -1, rss_first = 0;
   for (int i = 0; m && i < RUNS; i++) {
     sdgen_params q = p;
     q.model = "ignored: the handle's model is used";
@@ -184,6 +185,14 @@ int main(int argc, char **argv) {
     if (baseline < 0) baseline = in_use;
     CHECK_MSG(in_use == baseline, "run %d: tracked bytes %lld, after run 0 %lld", i,
               (long long)in_use, (long long)baseline);
+    sd_mem_sample ms;
+    sd_mem_probe(&ms);
+    if (i == 1) rss_first = ms.rss;
+    fprintf(stderr, "run %d: RSS %.1f MB\n", i, ms.rss / 1e6);
+    /* RSS does not grow from run to run (the allocator's slack aside) */
+    if (i > 1 && ms.rss > 0)
+      CHECK_MSG(ms.rss <= rss_first + (4LL << 20), "run %d: RSS %lld, after run 1 %lld", i,
+                (long long)ms.rss, (long long)rss_first);
   }
 
   /* two contexts: ctx2's cancel flag is its own */
