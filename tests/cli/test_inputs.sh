@@ -11,7 +11,7 @@
 #     once the image is complete (kept with --keep-latents).
 # usage: test_inputs.sh BUILD_DIR FIXTURES_DIR
 set -u
-BUILD="$1"; FIX="$2"
+BUILD="$(cd "$1" && pwd)"; FIX="$(cd "$2" 2>/dev/null && pwd || echo "$2")"
 GEN="$BUILD/generate"; DIFF="$BUILD/sdgen_imgdiff"
 if [ ! -d "$FIX/sd15" ]; then echo "SKIP: fixtures not found at $FIX"; exit 77; fi
 T="$(mktemp -d)"; trap 'rm -rf "$T"' EXIT
