@@ -189,10 +189,13 @@ int sdgen_bench(sdgen_ctx *ctx, const sdgen_params *params, const char *json_pat
  * files, parses the configs and tokenizers and binds the weights (nothing is
  * read yet). The handle keeps these between generations, with the settings
  * that shape the loaded model as given at load: model, config_dir,
- * tokenizers_dir, prefer_fp16, clip_l/clip_g/t5/no_t5, loras/lora_dir and
- * vae (the request's values of these are ignored). Everything else (prompt,
- * size, steps, sampler, seed, refiner, upscale, output, callbacks) comes
- * from each request's params. Each generation still runs the memory plan;
+ * tokenizers_dir, prefer_fp16, clip_l/clip_g/t5/no_t5 and vae (the
+ * request's values of these are ignored). Everything else (prompt, size,
+ * steps, sampler, seed, LoRAs, refiner, upscale, output, callbacks) comes
+ * from each request's params. LoRAs (params->loras and <lora:> tags) are
+ * attached at load; a request with another LoRA set re-binds the handle's
+ * UNet model to it (mapping and parsing again, no weights read), the same
+ * set reuses it, merged copies included. Each generation still runs the memory plan;
  * it first gives the pages of the handle's mappings back (the page cache
  * keeps the files, a later touch is a minor fault), so the plan measures
  * the process without them and counts the weights as it does for a fresh

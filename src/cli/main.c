@@ -48,6 +48,9 @@ static void usage(FILE *f) {
           "  --style NAME            %s\n"
           "  --refiner MODEL         img2img refiner pass after the base image\n"
           "  --refiner-steps N       (default 20)   --refiner-strength X (default 0.3)\n"
+          "  --lora PATH|NAME|ORG/NAME[:SCALE]  LoRA adapter (repeatable, scale 1.0 by\n"
+          "                          default; also <lora:NAME:SCALE> in the prompt)\n"
+          "  --lora-dir DIR          where LoRA names are looked up\n"
           "  --upscale 2|4           upscale the result (Lanczos, or --upscaler)\n"
           "  --upscaler FILE         Real-ESRGAN RRDBNet weights (.safetensors or .pth)\n"
           "sampling\n"
@@ -124,8 +127,29 @@ typedef struct given {
   int model, steps, width, height, cfg, sampler, refiner, upscale, negative;
 } given;
 
+/* --lora VALUE[:SCALE]: the scale is the text after the last ':' when it is
+ * a number (paths and hub names keep their own colons otherwise). */
+#define MAX_CLI_LORAS 16
+static int parse_lora(const char *v, sdgen_lora *out, char *buf, size_t n) {
+  snprintf(buf, n, "%s", v);
+  out->path = buf;
+  out->scale = 1.0f;
+  char *colon = strrchr(buf, ':');
+  if (colon && colon[1]) {
+    char *end;
+    float s = strtof(colon + 1, &end);
+    if (!*end) {
+      *colon = 0;
+      out->scale = s;
+    }
+  }
+  return buf[0] != 0;
+}
+
 int main(int argc, char **argv) {
   sdgen_process_init(argv);
+  static sdgen_lora loras[MAX_CLI_LORAS];
+  static char lora_bufs[MAX_CLI_LORAS][4096];
   sdgen_params p = sdgen_default_params();
   given g = {0};
   int quiet = 0, verbose = 0;
@@ -203,6 +227,21 @@ int main(int argc, char **argv) {
       NEED_VALUE;
       p.model = val;
       g.model = 1;
+    } else if (IS("--lora")) {
+      NEED_VALUE;
+      if (p.n_loras == MAX_CLI_LORAS) {
+        fprintf(stderr, "error: at most %d --lora\n", MAX_CLI_LORAS);
+        return 2;
+      }
+      if (!parse_lora(val, &loras[p.n_loras], lora_bufs[p.n_loras], sizeof lora_bufs[0])) {
+        fprintf(stderr, "error: --lora needs a file, a name or ORG/NAME\n");
+        return 2;
+      }
+      p.loras = loras;
+      p.n_loras++;
+    } else if (IS("--lora-dir")) {
+      NEED_VALUE;
+      p.lora_dir = val;
     } else if (IS("--refiner")) {
       NEED_VALUE;
       p.refiner = val;

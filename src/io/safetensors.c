@@ -395,6 +395,33 @@ int sd_weights_alias_rows(sd_weights *w, const char *name, const sd_weights *src
   return put(w, name, &view, e->file, err);
 }
 
+int sd_weights_set_side(sd_weights *w, const char *name, const struct sd_lowrank *side,
+                        sd_error *err) {
+  int slot = find_slot(w, name);
+  if (slot < 0) return sd_fail(err, SD_ERR_ARG, "tensor '%s' not found", name);
+  w->entries[w->slots[slot]].view.side = side;
+  return SD_OK;
+}
+
+int sd_weights_replace_owned(sd_weights *w, const char *name, sd_tensor *t, sd_error *err) {
+  int slot = find_slot(w, name);
+  mapped_file *holder = slot >= 0 ? sd_calloc(1, sizeof *holder) : NULL;
+  if (!holder) {
+    sd_tensor_free(t);
+    return slot < 0 ? sd_fail(err, SD_ERR_ARG, "tensor '%s' not found", name)
+                    : sd_fail(err, SD_ERR_OOM, "out of memory replacing '%s'", name);
+  }
+  holder->owned = t;
+  holder->refs = 1; /* held by the entry */
+  entry *e = &w->entries[w->slots[slot]];
+  file_unref(e->file);
+  e->file = holder;
+  e->view = *t;
+  e->view.owns_data = 2; /* heap data held by the set: never madvised */
+  e->view.side = NULL;
+  return SD_OK;
+}
+
 const sd_tensor *sd_weights_get(const sd_weights *w, const char *name) {
   int slot = find_slot(w, name);
   return slot >= 0 ? &w->entries[w->slots[slot]].view : NULL;

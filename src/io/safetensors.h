@@ -58,6 +58,18 @@ int sd_weights_alias_rows(sd_weights *w, const char *name, const sd_weights *src
                           const char *existing, int64_t row_begin, int64_t rows,
                           sd_error *err);
 
+/* LoRA application (io/lora.h), in place on an existing entry, so that
+ * models holding pointers to the entry see the change:
+ *  - set_side: the entry's view gets `side` (NULL clears it); the terms must
+ *    outlive the set's use.
+ *  - replace_owned: the entry becomes `t` (owned by the set from now on, also
+ *    on failure; no side path); the old data is no longer referenced by
+ *    this entry.
+ * SD_ERR_ARG when `name` is absent. */
+int sd_weights_set_side(sd_weights *w, const char *name, const struct sd_lowrank *side,
+                        sd_error *err);
+int sd_weights_replace_owned(sd_weights *w, const char *name, sd_tensor *t, sd_error *err);
+
 /* Looks up a tensor; NULL when absent. The view lives as long as the set. */
 const sd_tensor *sd_weights_get(const sd_weights *w, const char *name);
 

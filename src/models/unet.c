@@ -31,7 +31,9 @@ typedef struct tblock {
 typedef struct transformer {
   int channels, heads, depth;
   const sd_tensor *norm_w, *norm_b;
-  sd_tensor proj_in, proj_out;         /* 2-D views (C, C) of linear or 1x1 conv */
+  /* (C, C) linear or (C, C, 1, 1) conv, applied as a linear; pointers into
+   * the weight set, so a LoRA merged there after loading is seen */
+  const sd_tensor *proj_in, *proj_out;
   const sd_tensor *proj_in_b, *proj_out_b;
   tblock *blocks;
 } transformer;
@@ -90,10 +92,13 @@ static transformer *bind_transformer(sd_binder *b, const char *p, int heads,
   t->proj_in_b = sd_bind(b, 1, "%s.proj_in.bias", p);
   t->proj_out_b = sd_bind(b, 1, "%s.proj_out.bias", p);
   if (b->rc) return t;
-  t->proj_in = sd_view2d(pi);
-  t->proj_out = sd_view2d(po);
-  t->channels = (int)t->proj_in.shape[1];
-  if (t->proj_in.shape[0] != t->channels || t->proj_out.shape[1] != t->channels) {
+  t->proj_in = pi;
+  t->proj_out = po;
+  t->channels = (int)pi->shape[0];
+  if (sd_tensor_numel(pi) != (int64_t)t->channels * t->channels ||
+      sd_tensor_numel(po) != (int64_t)t->channels * t->channels || po->shape[0] != t->channels ||
+      (pi->ndim != 2 && (pi->ndim != 4 || pi->shape[2] != 1 || pi->shape[3] != 1)) ||
+      (po->ndim != 2 && (po->ndim != 4 || po->shape[2] != 1 || po->shape[3] != 1))) {
     b->rc = sd_fail(b->err, SD_ERR_FORMAT, "UNet: '%s' projections are not square", p);
     return t;
   }
@@ -482,7 +487,7 @@ static int transformer_forward(run *r, const transformer *t, float *x, int H, in
    * and the linear projection are the same product on token rows. */
   sd_group_norm(g, x, B, C, HW, r->m->cfg.norm_groups, t->norm_w, t->norm_b, 1e-6f);
   sd_nchw_to_nhwc(n, g, B, C, HW);
-  if ((rc = sd_linear(h, n, T, C, &t->proj_in, t->proj_in_b))) goto oom;
+  if ((rc = sd_linear(h, n, T, C, t->proj_in, t->proj_in_b))) goto oom;
   for (int i = 0; i < t->depth; i++) {
     const tblock *k = &t->blocks[i];
     sd_layer_norm(n, h, T, C, k->norm1_w, k->norm1_b, 1e-5f);
@@ -500,11 +505,11 @@ static int transformer_forward(run *r, const transformer *t, float *x, int H, in
     sd_add_inplace(h, a, T * C);
     if (r->m->stream_weights) release_tblock(k);
   }
-  if ((rc = sd_linear(n, h, T, C, &t->proj_out, t->proj_out_b))) goto oom;
+  if ((rc = sd_linear(n, h, T, C, t->proj_out, t->proj_out_b))) goto oom;
   sd_nhwc_to_nchw(g, n, B, C, HW);
   sd_add_inplace(x, g, T * C);
   if (r->m->stream_weights)
-    RELEASE(t->norm_w, t->norm_b, &t->proj_in, t->proj_in_b, &t->proj_out, t->proj_out_b);
+    RELEASE(t->norm_w, t->norm_b, t->proj_in, t->proj_in_b, t->proj_out, t->proj_out_b);
   goto done;
 oom:
   OOM(r);

@@ -57,6 +57,59 @@ static int own_strings(sdgen_model *m, const sdgen_params *p) {
   return SD_OK;
 }
 
+/* "path\tscale\n" per LoRA of the run ("" for none). */
+static char *lora_signature(const gen_run *r) {
+  size_t n = 1;
+  for (int i = 0; i < r->n_loras; i++) n += strlen(r->lora_specs[i].path) + 32;
+  char *sig = sd_alloc(n);
+  if (!sig) return NULL;
+  size_t u = 0;
+  sig[0] = 0;
+  for (int i = 0; i < r->n_loras; i++)
+    u += (size_t)snprintf(sig + u, n - u, "%s\t%.9g\n", r->lora_specs[i].path,
+                          (double)r->lora_specs[i].scale);
+  return sig;
+}
+
+/* (Re)loads the handle's UNet-family model with r's LoRAs. */
+static int load_unet(sdgen_model *h, const gen_run *r, sd_error *err) {
+  char *sig = lora_signature(r);
+  if (!sig) return sd_fail(err, SD_ERR_OOM, "out of memory");
+  sd_unet_model_free(h->unet);
+  h->unet = NULL;
+  sd_free(h->lora_sig);
+  h->lora_sig = NULL;
+  sd_load_options lo = {.path = h->path, .config_dir = h->load.config_dir,
+                        .tokenizers_dir = h->load.tokenizers_dir,
+                        .prefer_fp16 = h->load.prefer_fp16, .loras = r->lora_specs,
+                        .n_loras = r->n_loras};
+  int rc = sd_unet_model_load(&h->unet, &lo, err);
+  if (rc) {
+    sd_free(sig);
+    return rc;
+  }
+  h->lora_sig = sig;
+  return SD_OK;
+}
+
+int gen_model_unet(gen_run *r, sd_unet_model **out) {
+  sdgen_model *h = r->model;
+  *out = NULL;
+  char *sig = lora_signature(r);
+  if (!sig) return sd_fail(r->err, SD_ERR_OOM, "out of memory");
+  int same = h->unet && h->lora_sig && strcmp(sig, h->lora_sig) == 0 &&
+             (h->unet->te1 || h->unet->te2);
+  sd_free(sig);
+  if (!same) {
+    double t = sd_now();
+    int rc = load_unet(h, r, r->err);
+    if (rc) return rc;
+    r->t_load += sd_now() - t;
+  }
+  *out = h->unet;
+  return SD_OK;
+}
+
 int sdgen_model_load(sdgen_ctx *ctx, const sdgen_params *p, sdgen_model **out) {
   sd_error *err = &ctx->err;
   sd_error_clear(err);
@@ -79,11 +132,20 @@ int sdgen_model_load(sdgen_ctx *ctx, const sdgen_params *p, sdgen_model **out) {
                        .t5 = m->load.t5, .tokenizers = m->load.tokenizers_dir,
                        .skip_t5 = m->load.no_t5};
     rc = sd3_pipeline_open(&m->sd3, &src, err);
-  } else {
-    sd_load_options lo = {.path = m->path, .config_dir = m->load.config_dir,
-                          .tokenizers_dir = m->load.tokenizers_dir,
-                          .prefer_fp16 = m->load.prefer_fp16};
-    rc = sd_unet_model_load(&m->unet, &lo, err);
+  } else { /* with the LoRAs the load params name (list and prompt tags) */
+    sdgen_params lp = *p;
+    if (!lp.prompt) lp.prompt = "";
+    gen_run *r = sd_calloc(1, sizeof *r); /* large (LoRA paths): not on the stack */
+    if (!r) {
+      rc = sd_fail(err, SD_ERR_OOM, "out of memory");
+      goto fail;
+    }
+    r->p = &lp;
+    r->err = err;
+    rc = gen_resolve_loras(r);
+    if (!rc) rc = load_unet(m, r, err);
+    gen_free_loras(r);
+    sd_free(r);
   }
   if (rc) goto fail;
   m->t_load = sd_now() - t;
@@ -98,6 +160,7 @@ void sdgen_model_free(sdgen_model *m) {
   if (!m) return;
   sd_unet_model_free(m->unet);
   sd3_pipeline_free(m->sd3);
+  sd_free(m->lora_sig);
   sd_free(m->loras);
   sd_free(m->text);
   sd_free(m);
@@ -116,9 +179,6 @@ int sdgen_model_generate(sdgen_ctx *ctx, sdgen_model *m, const sdgen_params *par
   q.clip_g = m->load.clip_g;
   q.t5 = m->load.t5;
   q.no_t5 = m->load.no_t5;
-  q.loras = m->load.loras;
-  q.n_loras = m->load.n_loras;
-  q.lora_dir = m->load.lora_dir;
   q.vae = m->load.vae;
   ctx->cancel = 0;
   return gen_run_model(ctx, m, &q, res);

@@ -62,12 +62,27 @@ void gen_model_display_name(const char *given, const char *path, char *out, size
   snprintf(out, n, "%s", base_name(path ? path : given ? given : ""));
 }
 
+/* File name of a LoRA without folder and extension (A1111's LoRA name). */
+static const char *lora_stem(const char *path) {
+  static __thread char stem[256];
+  snprintf(stem, sizeof stem, "%s", base_name(path));
+  char *dot = strrchr(stem, '.');
+  if (dot && strcmp(dot, ".safetensors") == 0) *dot = 0;
+  return stem;
+}
+
 /* "prompt\nNegative prompt: ...\nSteps: 30, Sampler: ..., Seed: 42, ..." */
 void gen_infotext(const gen_run *r, char *buf, size_t n) {
   const sdgen_params *p = r->p;
   char model[1024], refiner[1024];
   gen_model_display_name(p->model, r->model_path, model, sizeof model);
-  size_t u = (size_t)snprintf(buf, n, "%s\n", p->prompt);
+  /* A1111 keeps LoRAs in the prompt as <lora:name:scale>: the given ones
+   * are there already, those from params->loras are appended */
+  size_t u = (size_t)snprintf(buf, n, "%s", p->prompt);
+  for (int i = 0; i < p->n_loras && i < r->n_loras && u < n; i++)
+    u += (size_t)snprintf(buf + u, n - u, " <lora:%s:%g>", lora_stem(r->loras[i].path),
+                          r->loras[i].scale);
+  if (u < n) u += (size_t)snprintf(buf + u, n - u, "\n");
   if (p->negative_prompt && u < n)
     u += (size_t)snprintf(buf + u, n - u, "Negative prompt: %s\n", p->negative_prompt);
   if (u < n)
@@ -88,6 +103,13 @@ void gen_infotext(const gen_run *r, char *buf, size_t n) {
     u += (size_t)snprintf(buf + u, n - u, ", Upscale: %dx %s", p->upscale, r->upscale_method);
   if (p->timestep_spacing && u < n)
     u += (size_t)snprintf(buf + u, n - u, ", Schedule type: %s", p->timestep_spacing);
+  if (r->n_loras && u < n) {
+    u += (size_t)snprintf(buf + u, n - u, ", Lora: \"");
+    for (int i = 0; i < r->n_loras && u < n; i++)
+      u += (size_t)snprintf(buf + u, n - u, "%s%s: %g", i ? ", " : "",
+                            lora_stem(r->loras[i].path), r->loras[i].scale);
+    if (u < n) u += (size_t)snprintf(buf + u, n - u, "\"");
+  }
   if (p->precision && strcmp(p->precision, "fp32") != 0 && u < n)
     u += (size_t)snprintf(buf + u, n - u, ", Precision: %s", p->precision);
   if (u < n) snprintf(buf + u, n - u, ", Version: sdgen %s", SDGEN_VERSION);
@@ -148,6 +170,16 @@ static cJSON *metadata(const gen_run *r, int index, const char *png_name) {
     }
   } else {
     cJSON_AddNullToObject(o, "refiner");
+  }
+  cJSON *loras = cJSON_AddArrayToObject(o, "loras");
+  for (int i = 0; loras && i < r->n_loras; i++) {
+    cJSON *l = cJSON_CreateObject();
+    if (!l) break;
+    cJSON_AddStringToObject(l, "name", r->loras[i].name);
+    cJSON_AddStringToObject(l, "path", r->loras[i].path);
+    cJSON_AddNumberToObject(l, "scale", r->loras[i].scale);
+    if (r->lora_mode) cJSON_AddStringToObject(l, "applied", r->lora_mode);
+    cJSON_AddItemToArray(loras, l);
   }
   if (r->upscale_method[0]) {
     cJSON *up = cJSON_AddObjectToObject(o, "upscale");

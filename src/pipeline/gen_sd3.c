@@ -29,6 +29,7 @@ typedef struct sd3_plan_ctx {
   sd3_encoder_sizes enc[3]; /* CLIP-L, CLIP-G, T5 (zeros when left out) */
   int64_t transformer, vae_bytes;
   int n, h, w, guidance, no_t5;
+  const sd_adapter *lora; /* transformer LoRAs or NULL */
 } sd3_plan_ctx;
 
 static int contains_ci(const char *s, const char *word) {
@@ -76,8 +77,16 @@ static int estimate_sd3(void *user, int level, sd_plan *p, sd_error *err) {
     if (e->activations > enc_act) enc_act = e->activations;
   }
   sd_plan_add_stage(p, "encode", enc, enc_act + KERNEL_SCRATCH, cond);
-  int64_t tw = level >= SD_PLAN_STREAMING ? sd_mmdit_streaming_resident_bytes(u->m, u->h, u->w) : u->transformer;
+  /* LoRAs: merged copies below streaming, side-path tensors (inside the
+   * streamed blocks' bytes) and their scratch when streaming */
+  int64_t tw = level >= SD_PLAN_STREAMING
+                   ? sd_mmdit_streaming_resident_bytes(u->m, u->h, u->w)
+                   : u->transformer + sd_adapter_merge_extra_bytes(u->lora, SD_LORA_TRANSFORMER);
   int64_t act = sd_mmdit_scratch_bytes(&u->m->cfg, B, u->h, u->w, tokens);
+  if (level >= SD_PLAN_STREAMING) {
+    int64_t rows = (int64_t)B * (u->h / u->m->cfg.patch) * (u->w / u->m->cfg.patch) + B * tokens;
+    act += sd_adapter_side_scratch_bytes(u->lora, SD_LORA_TRANSFORMER, rows);
+  }
   sd_plan_add_stage(p, "denoise", tw, act + KERNEL_SCRATCH,
                     cond + lat + 2 * (lat / u->n) * B);
   int mode = level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
@@ -110,6 +119,7 @@ int gen_base_sd3(gen_run *r) {
   sd_scheduler *sched = NULL;
   sd_rng *rng = NULL;
   float *embeds = NULL, *pooled = NULL, *lat = NULL;
+  sd_adapter *lora = NULL;
   int tokens = 0, rc;
   sd3_sources src = {.model = r->model_path, .clip_l = p->clip_l, .clip_g = p->clip_g,
                      .t5 = p->t5, .tokenizers = p->tokenizers_dir, .skip_t5 = p->no_t5};
@@ -119,6 +129,13 @@ int gen_base_sd3(gen_run *r) {
   if ((rc = sd3_pipeline_bind_models(pp, &mods, r->err))) goto done;
   m = mods.mmdit;
   vae = mods.vae;
+  if (r->n_loras) { /* transformer LoRAs (diffusers format), side path until the plan */
+    sd_adapter_target tg = {SD_LORA_TRANSFORMER, mods.transformer_weights};
+    if ((rc = sd_adapter_load(&lora, r->lora_specs, r->n_loras, &tg, 1, SD_LORA_FAMILY_SD3,
+                              r->err)) ||
+        (rc = sd_adapter_attach_side(lora, r->err)))
+      goto done;
+  }
   r->t_load += sd_now() - t;
   sd_monitor_stage(&r->mon, "After model load");
   r->model_type = "sd3";
@@ -146,7 +163,7 @@ int gen_base_sd3(gen_run *r) {
   /* Memory plan. */
   sd3_plan_ctx u = {.m = m, .vae = vae, .transformer = (int64_t)sd_weights_total_bytes(mods.transformer_weights),
                     .vae_bytes = (int64_t)sd_weights_total_bytes(mods.vae_weights), .n = n, .h = h, .w = w,
-                    .guidance = guidance, .no_t5 = no_t5};
+                    .guidance = guidance, .no_t5 = no_t5, .lora = lora};
   for (int i = 0; i < 3 && !rc; i++)
     if (i != SD3_T5 || !no_t5)
       rc = sd3_pipeline_encoder_sizes(pp, (sd3_component)i, guidance ? 2 : 1, T5_TOKENS,
@@ -194,33 +211,39 @@ int gen_base_sd3(gen_run *r) {
     sd_mmdit_set_weight_streaming(m, 1);
   }
   if (no_t5) sd_monitor_optimization(&r->mon, "T5 left out (--no-t5)");
+  if (lora) {
+    int merged = r->plan.level < SD_PLAN_STREAMING;
+    r->lora_mode = merged ? "merged" : "side path";
+    sd_monitor_optimization(&r->mon, "LoRA %s (%d weights)",
+                            merged ? "merged into F32 copies of the touched weights"
+                                   : "applied as a low-rank side path",
+                            sd_adapter_touched(lora, SD_LORA_TRANSFORMER));
+  }
   if (p->dry_run) {
     r->dry_run_done = 1;
     goto done;
   }
-  if (no_t5 != p->no_t5) { /* reopen without T5 (the handle keeps its own) */
+  if (no_t5 != p->no_t5) { /* reopen without T5 (the handle keeps its own); the bound
+                             * transformer and VAE own their weights and stay */
     src.skip_t5 = 1;
-    sd3_models_free(pp, &mods); /* bound by pp: freed by it */
-    m = NULL;
-    vae = NULL;
     if ((rc = sd3_pipeline_open(&own_pp, &src, r->err))) goto done;
     pp = own_pp;
-    if ((rc = sd3_pipeline_bind_models(pp, &mods, r->err))) goto done;
-    m = mods.mmdit;
-    vae = mods.vae;
-    if (r->plan.level >= SD_PLAN_STREAMING) sd_mmdit_set_weight_streaming(m, 1);
   }
 
   sd3_pipeline_set_encoder_streaming(pp, r->plan.level >= SD_PLAN_STREAMING);
   sd_monitor_cleanup(&r->mon, "Cleaning memory before generation...");
   sd_monitor_stage(&r->mon, "Before generation");
   t = sd_now();
-  const char *prompts[2] = {p->negative_prompt ? p->negative_prompt : "", p->prompt};
+  const char *prompts[2] = {p->negative_prompt ? p->negative_prompt : "",
+                            r->prompt ? r->prompt : p->prompt};
   if ((rc = sd3_encode_prompts(pp, guidance ? prompts : prompts + 1, guidance ? 2 : 1,
                                T5_TOKENS, &embeds, &pooled, &tokens, r->err)))
     goto done;
   r->t_encode = sd_now() - t;
   sd_monitor_stage(&r->mon, "After text encoding");
+  if (lora && r->plan.level < SD_PLAN_STREAMING &&
+      (rc = sd_adapter_merge(lora, SD_LORA_TRANSFORMER, r->err)))
+    goto done;
 
   int64_t per = (int64_t)C * h * w;
   lat = sd_alloc(sizeof(float) * per * n);
@@ -306,6 +329,7 @@ done:
   sd_scheduler_free(sched);
   cJSON_Delete(scfg);
   sd3_models_free(pp, &mods);
+  sd_adapter_free(lora); /* after the transformer set that points at its terms */
   sd3_pipeline_free(own_pp);
   return rc;
 }

@@ -14,26 +14,43 @@
 #include "pipeline/unet_pipeline.h"
 #include "tensor/ops.h"
 
+/* LoRAs are merged below weight streaming (room for the F32 copies) and
+ * stay a side path when weights are streamed. */
+static int lora_merged(const sd_plan *pl) {
+  return !pl || pl->level < SD_PLAN_STREAMING;
+}
+
 /* Conditioning for the prompt, then releases the text encoders. */
 static int encode(gen_run *r, sd_unet_model *m, const sd_plan *pl, int n, float cfg, int W,
                   int H, sd_conditioning *cond) {
   const sdgen_params *p = r->p;
   double t = sd_now();
-  sd_prompt_options po = {.prompt = p->prompt, .negative_prompt = p->negative_prompt, .n = n,
+  int rc;
+  /* merged LoRAs: the text encoders' copies now, the UNet's after the
+   * encoders are gone (the plan counts them in those stages) */
+  if (lora_merged(pl) && m->adapter &&
+      ((rc = sd_adapter_merge(m->adapter, SD_LORA_TE1, r->err)) ||
+       (rc = sd_adapter_merge(m->adapter, SD_LORA_TE2, r->err))))
+    return rc;
+  sd_prompt_options po = {.prompt = r->prompt ? r->prompt : p->prompt, .negative_prompt = p->negative_prompt, .n = n,
                           .guidance = cfg > 1.0f, .width = W, .height = H,
                           .aesthetic_score = p->aesthetic_score,
                           .negative_aesthetic_score = p->negative_aesthetic_score};
-  int rc = sd_encode_prompt(m, &po, cond, r->err);
+  rc = sd_encode_prompt(m, &po, cond, r->err);
   r->t_encode += sd_now() - t;
   if (rc) return rc;
-  if (pl && pl->level == SD_PLAN_RESIDENT) return SD_OK;
-  if (m == r->model->unet) { /* a resident model keeps them parsed and mapped */
-    if (m->w_te1) sd_weights_release_pages(m->w_te1);
-    if (m->w_te2) sd_weights_release_pages(m->w_te2);
-  } else {
-    sd_unet_model_drop_text_encoders(m);
+  if (!pl || pl->level != SD_PLAN_RESIDENT) {
+    if (m == r->model->unet && !m->adapter) { /* a handle keeps them parsed and mapped */
+      if (m->w_te1) sd_weights_release_pages(m->w_te1);
+      if (m->w_te2) sd_weights_release_pages(m->w_te2);
+    } else { /* merged LoRA copies go with them (a handle reloads them next run) */
+      sd_unet_model_drop_text_encoders(m);
+    }
+    sd_monitor_cleanup(&r->mon, "Releasing text encoders...");
   }
-  sd_monitor_cleanup(&r->mon, "Releasing text encoders...");
+  if (lora_merged(pl) && m->adapter &&
+      (rc = sd_adapter_merge(m->adapter, SD_LORA_UNET, r->err)))
+    return rc;
   return SD_OK;
 }
 
@@ -84,6 +101,9 @@ typedef struct unet_plan_ctx {
    * sequential), decode by mode, encode by batch; 0 = not measured yet */
   int64_t unet_act[2], dec_act[3], enc_act[2];
   int64_t te_bytes, unet_bytes, dec_bytes, enc_bytes; /* stored weight sizes */
+  /* LoRAs: bytes the merged copies add (levels below streaming), bytes of
+   * the side-path tensors (streaming levels) */
+  int64_t te_merge, unet_merge, te_side, unet_side;
 } unet_plan_ctx;
 
 static int64_t prefix_bytes(const sd_weights *w, const char *prefix) {
@@ -158,7 +178,10 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
   const sd_unet_config *c = sd_unet_get_config(m->unet);
   int f = sd_vae_downscale(m->vae), n = u->n, h = u->h, w = u->w;
   int B = u->guidance ? 2 * n : n;
-  int64_t te = u->te_bytes, unet = u->unet_bytes, dec = u->dec_bytes, enc = u->enc_bytes;
+  int merged = lora_merged(&(sd_plan){.level = level});
+  int64_t te = u->te_bytes + (merged ? u->te_merge : u->te_side);
+  int64_t unet = u->unet_bytes + (merged ? u->unet_merge : u->unet_side);
+  int64_t dec = u->dec_bytes, enc = u->enc_bytes;
   int keep_te = level == SD_PLAN_RESIDENT;
   int ctx_dim = (m->te1 ? m->te1->cfg.hidden : 0) + (m->te2 && m->family != SD_MODEL_SD1
                                                           ? m->te2->cfg.hidden : 0);
@@ -222,6 +245,12 @@ static int choose_plan(gen_run *r, sd_unet_model *m, unet_plan_ctx *u, int min_l
   u->unet_bytes = (int64_t)sd_weights_total_bytes(m->w_unet);
   u->dec_bytes = prefix_bytes(m->w_vae, "decoder.") + prefix_bytes(m->w_vae, "post_quant_conv.");
   u->enc_bytes = prefix_bytes(m->w_vae, "encoder.") + prefix_bytes(m->w_vae, "quant_conv.");
+  u->te_merge = sd_adapter_merge_extra_bytes(m->adapter, SD_LORA_TE1) +
+                sd_adapter_merge_extra_bytes(m->adapter, SD_LORA_TE2);
+  u->unet_merge = sd_adapter_merge_extra_bytes(m->adapter, SD_LORA_UNET);
+  u->te_side = sd_adapter_side_bytes(m->adapter, SD_LORA_TE1) +
+               sd_adapter_side_bytes(m->adapter, SD_LORA_TE2);
+  u->unet_side = sd_adapter_side_bytes(m->adapter, SD_LORA_UNET);
   int64_t budget = r->p->max_memory > 0 ? r->p->max_memory : sd_plan_default_budget();
   int rc = sd_plan_choose(out, budget, min_level, estimate_unet, u, r->err);
   if (rc == SD_ERR_OOM && out->peak > budget) r->refused = 1;
@@ -262,6 +291,16 @@ static void apply_plan(gen_run *r, sd_unet_model *m, const sd_plan *pl, int min_
   }
   if (pl->level >= SD_PLAN_SEQUENTIAL && n > 1)
     sd_monitor_optimization(&r->mon, "%sDenoising the %d images one at a time", who, n);
+  if (m->adapter) {
+    int touched = sd_adapter_touched(m->adapter, SD_LORA_UNET) +
+                  sd_adapter_touched(m->adapter, SD_LORA_TE1) +
+                  sd_adapter_touched(m->adapter, SD_LORA_TE2);
+    r->lora_mode = lora_merged(pl) ? "merged" : "side path";
+    sd_monitor_optimization(&r->mon, "%sLoRA %s (%d weights)", who,
+                            lora_merged(pl) ? "merged into F32 copies of the touched weights"
+                                            : "applied as a low-rank side path",
+                            touched);
+  }
 }
 
 static void emit_plan(gen_run *r, const sd_plan *pl, const char *prefix) {
@@ -414,8 +453,9 @@ int gen_base_unet(gen_run *r) {
   sd_conditioning cond = {0};
   float *lat = NULL, *init = NULL, *noise = NULL, *tcond = NULL;
   cJSON *overrides = NULL;
-  int rc = SD_OK;
-  m = r->model->unet; /* loaded by sdgen_model_load, kept by the handle */
+  /* the handle's model, reloaded when this run's LoRA set differs */
+  int rc = gen_model_unet(r, &m);
+  if (rc) return rc;
   sd_monitor_stage(&r->mon, "After model load");
   r->model_type = sd_model_family_name(m->family);
 

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "base/alloc.h"
 #include "io/image.h"
 #include "io/model_dir.h"
 #include "io/pth.h"
@@ -111,6 +112,23 @@ static int check_stage_steps(const sdgen_params *p, sd_error *err) {
   return SD_OK;
 }
 
+/* Every LoRA of the run (params->loras and the prompt's <lora:> tags):
+ * resolved, opened (structure only) and checked against the model's family. */
+static int check_loras(const sdgen_params *p, const char *model_path, sd_error *err) {
+  if (p->n_loras == 0 && !strstr(p->prompt, "<lora:")) return SD_OK;
+  gen_run *r = sd_calloc(1, sizeof *r); /* large (LoRA paths): not on the stack */
+  if (!r) return sd_fail(err, SD_ERR_OOM, "out of memory");
+  r->p = p;
+  r->err = err;
+  const char *family;
+  int rc = gen_resolve_loras(r);
+  if (!rc && r->n_loras && !(rc = gen_model_family(model_path, &family, err)))
+    rc = gen_check_loras(r, family);
+  gen_free_loras(r);
+  sd_free(r);
+  return rc;
+}
+
 int gen_validate_inputs(const sdgen_params *p, const char *model_path, char *refiner_path,
                         size_t refiner_n, sd_error *err) {
   int rc = sd_validate_params(p, err);
@@ -136,7 +154,8 @@ int gen_validate_inputs(const sdgen_params *p, const char *model_path, char *ref
     sd_weights_free(w);
     sd_pth_free(pth);
   }
-  /* LoRA files and tiny VAEs add their checks here (gen_lora_validate,
-   * gen_vae_validate ...): before this returns, no weight has been read. */
+  if ((rc = check_loras(p, model_path, err))) return rc;
+  /* Further checks of files a run needs (tiny VAEs ...) go here: before
+   * this returns, no weight has been read. */
   return SD_OK;
 }

@@ -308,9 +308,15 @@ int gen_run_model(sdgen_ctx *ctx, sdgen_model *model, const sdgen_params *p,
   int rc = sd_validate_params(p, err);
   if (rc) return rc;
   snprintf(r.model_path, sizeof r.model_path, "%s", model->path);
-  if ((rc = gen_validate_inputs(p, r.model_path, r.refiner_path, sizeof r.refiner_path, err)))
+  if ((rc = gen_validate_inputs(p, r.model_path, r.refiner_path, sizeof r.refiner_path, err)) ||
+      (rc = gen_resolve_loras(&r))) { /* this run's LoRA files and its prompt without tags */
+    gen_free_loras(&r);
     return rc;
-  if (!p->output_in_memory && (rc = sd_prepare_output_dir(p->output_dir, err))) return rc;
+  }
+  if (!p->output_in_memory && (rc = sd_prepare_output_dir(p->output_dir, err))) {
+    gen_free_loras(&r);
+    return rc;
+  }
   if (p->threads > 0) sd_set_threads(p->threads);
   sd_precision prec;
   sd_parse_precision(p->precision, &prec, err); /* validated above */
@@ -379,6 +385,7 @@ fail:
     unlink(r.latents_path);
   }
 done:
+  gen_free_loras(&r);
   sd_free(r.images);
   sd_free(r.handoff);
   for (int b = 0; r.final && b < r.n; b++) sd_image_free(&r.final[b]);

@@ -7,6 +7,7 @@
 #include "base/status.h"
 #include "tensor/ops.h"
 #include "io/image.h"
+#include "io/lora.h"
 #include "io/safetensors_write.h"
 #include "pipeline/monitor.h"
 #include "pipeline/planner.h"
@@ -17,6 +18,14 @@ struct sdgen_ctx {
   sd_error err;
   volatile int cancel;
 };
+
+#define GEN_MAX_LORAS 16
+
+typedef struct gen_lora {
+  char name[512];  /* as given (path, name under lora_dir, hub name) */
+  char path[4096]; /* resolved file */
+  float scale;
+} gen_lora;
 
 /* A resident model (sdgen_model_load): the resolved model, its load-time
  * settings (strings owned here), and the loaded bundle: a UNet-family model
@@ -33,6 +42,7 @@ struct sdgen_model {
   double t_load;         /* seconds; reported by the handle's first generation */
   int generations;
   sdgen_lora *loras;     /* copy of load.loras (paths in `text`) */
+  char *lora_sig;        /* the LoRA set unet was loaded with ("" none) */
   char *text;            /* owned copies of the load params' strings */
 };
 
@@ -74,7 +84,20 @@ typedef struct gen_run {
    * weight is read) and applied when the refiner runs */
   sd_plan refiner_plan;
   int have_refiner_plan;
+  /* LoRAs: params->loras, then the prompt's <lora:NAME:SCALE> tags */
+  gen_lora loras[GEN_MAX_LORAS];
+  sd_lora_spec lora_specs[GEN_MAX_LORAS];
+  int n_loras;
+  char *prompt;          /* the prompt without its LoRA tags (encoded) */
+  const char *lora_mode; /* "merged" / "side path", NULL without LoRAs */
 } gen_run;
+
+/* Fills r->loras (resolved files) and r->prompt. */
+int gen_resolve_loras(gen_run *r);
+/* Opens every LoRA (structure only) and refuses one made for another
+ * family than `family` ("sd1", "sdxl", ..., "" unknown). */
+int gen_check_loras(gen_run *r, const char *family);
+void gen_free_loras(gen_run *r);
 
 /* Stage: the base image(s) from a UNet-family model (SD 1.x/2.x, SDXL). */
 int gen_base_unet(gen_run *r);
@@ -142,6 +165,12 @@ void gen_model_begin_run(struct sdgen_model *m);
 int gen_run_model(sdgen_ctx *ctx, struct sdgen_model *m, const sdgen_params *p,
                   sdgen_result *res);
 void gen_model_release_pages(struct sdgen_model *m);
+/* The handle's UNet-family model for this run: reloaded (mapped, parsed,
+ * LoRAs attached) when r's LoRA set differs from the one it holds, or when
+ * a previous run dropped its text encoders (merged LoRA copies go with
+ * them). */
+struct sd_unet_model;
+int gen_model_unet(gen_run *r, struct sd_unet_model **out);
 /* A1111 `parameters` text of the run (gen_output.c). */
 void gen_infotext(const gen_run *r, char *buf, size_t n);
 /* The name a user knows a model by: the hub name (ORG/NAME) for a model in

@@ -39,6 +39,8 @@ static const char k_sdxl_scheduler[] =
     "\"use_karras_sigmas\":false,\"clip_sample\":false}";
 
 void sd_unet_model_drop_text_encoders(sd_unet_model *m) {
+  sd_adapter_forget(m->adapter, m->w_te1);
+  sd_adapter_forget(m->adapter, m->w_te2);
   sd_clip_free(m->te1);
   sd_clip_free(m->te2);
   m->te1 = m->te2 = NULL;
@@ -56,8 +58,27 @@ void sd_unet_model_free(sd_unet_model *m) {
   sd_vae_free(m->vae);
   sd_weights_free(m->w_unet);
   sd_weights_free(m->w_vae);
+  sd_adapter_free(m->adapter); /* after the sets whose entries point at its terms */
   cJSON_Delete(m->scheduler_config);
   sd_free(m);
+}
+
+int sd_unet_model_merge_loras(sd_unet_model *m, sd_error *err) {
+  return m->adapter ? sd_adapter_merge(m->adapter, SD_LORA_TARGETS, err) : SD_OK;
+}
+
+/* Binds the run's LoRAs to the loaded components (names and shapes only)
+ * and attaches them as side paths. */
+static int attach_loras(sd_unet_model *m, const sd_load_options *opt, sd_error *err) {
+  if (opt->n_loras <= 0) return SD_OK;
+  sd_lora_family fam = m->family == SD_MODEL_SDXL           ? SD_LORA_FAMILY_SDXL
+                       : m->family == SD_MODEL_SDXL_REFINER ? SD_LORA_FAMILY_SDXL_REFINER
+                                                            : SD_LORA_FAMILY_SD1;
+  sd_adapter_target t[] = {{SD_LORA_UNET, m->w_unet},
+                           {SD_LORA_TE1, m->te1 ? m->w_te1 : NULL},
+                           {SD_LORA_TE2, m->te2 ? m->w_te2 : NULL}};
+  int rc = sd_adapter_load(&m->adapter, opt->loras, opt->n_loras, t, 3, fam, err);
+  return rc ? rc : sd_adapter_attach_side(m->adapter, err);
 }
 
 static int read_json_opt(const char *dir, const char *sub, const char *file, cJSON **out,
@@ -228,6 +249,7 @@ int sd_unet_model_load(sd_unet_model **out, const sd_load_options *opt, sd_error
     rc = load_single_file(m, opt, err);
   else
     rc = sd_fail(err, SD_ERR_IO, "model %s not found", opt->path);
+  if (!rc) rc = attach_loras(m, opt, err);
   if (rc) {
     sd_unet_model_free(m);
     return rc;

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "base/status.h"
+#include "io/lora.h"
 #include "io/safetensors.h"
 #include "models/clip_text.h"
 #include "models/unet.h"
@@ -34,6 +35,8 @@ typedef struct sd_load_options {
   const char *tokenizers_dir; /* folder with clip/vocab.json, clip/merges.txt */
   int prefer_fp16;            /* pick *.fp16.safetensors variants first */
   int skip_text_encoders;     /* load only unet + vae (memory plans) */
+  const sd_lora_spec *loras;  /* adapters, attached as side paths at load */
+  int n_loras;
 } sd_load_options;
 
 /* A loaded UNet-family model. Components may be NULL when absent (the
@@ -48,11 +51,17 @@ typedef struct sd_unet_model {
   int force_zeros_for_empty_prompt; /* SDXL base */
   int requires_aesthetics_score;    /* SDXL refiner */
   sd_weights *w_te1, *w_te2, *w_unet, *w_vae;
+  sd_adapter *adapter; /* LoRAs (NULL: none); freed after the weight sets */
   char path[4096];
 } sd_unet_model;
 
 int sd_unet_model_load(sd_unet_model **out, const sd_load_options *opt, sd_error *err);
 void sd_unet_model_free(sd_unet_model *m);
+/* LoRAs are attached as a side path at load; this merges them into owned
+ * F32 copies of the touched weights instead (faster steps, more memory:
+ * sd_adapter_merge_extra_bytes). No-op without LoRAs. */
+int sd_unet_model_merge_loras(sd_unet_model *m, sd_error *err);
+
 /* Releases the text encoders (after encoding) and their weight mappings. */
 void sd_unet_model_drop_text_encoders(sd_unet_model *m);
 

@@ -19,6 +19,7 @@
 #include "base/alloc.h"
 #include "base/status.h"
 #include "tensor/ops.h"
+#include "tensor/lowrank.h"
 #include "tensor/ops_internal.h"
 #include "tensor/profile.h"
 
@@ -391,13 +392,25 @@ int64_t sd_conv2d_scratch_bytes(int N, int C, int H, int W, const sd_tensor *wei
 int sd_conv2d_pad4(float *y, const float *x, int N, int C, int H, int W,
                    const sd_tensor *weight, const sd_tensor *bias, int stride,
                    int pad_top, int pad_bottom, int pad_left, int pad_right) {
-  if (sd_plan_active())
-    return sd_plan_scratch(sd_conv2d_scratch_bytes(N, C, H, W, weight, stride, pad_top,
-                                                   pad_bottom, pad_left, pad_right));
-  SD_PROFILE_SCOPE(sd_prof_begin_conv(N, C, H, W, weight, stride, pad_top + pad_bottom,
-                                      pad_left + pad_right));
-  return conv2d_impl(y, x, N, C, H, W, weight, bias, stride, pad_top,
-                     pad_bottom, pad_left, pad_right);
+  int rc;
+  if (sd_plan_active()) {
+    rc = sd_plan_scratch(sd_conv2d_scratch_bytes(N, C, H, W, weight, stride, pad_top,
+                                                 pad_bottom, pad_left, pad_right));
+  } else {
+    SD_PROFILE_SCOPE(sd_prof_begin_conv(N, C, H, W, weight, stride, pad_top + pad_bottom,
+                                        pad_left + pad_right));
+    rc = conv2d_impl(y, x, N, C, H, W, weight, bias, stride, pad_top, pad_bottom, pad_left,
+                     pad_right);
+  }
+  if (!rc && weight->side) { /* LoRA side path: y += s * up(conv(x, down)) */
+    conv_geom g;
+    if ((rc = make_geom(&g, C, H, W, weight, stride, pad_top, pad_bottom, pad_left,
+                        pad_right)))
+      return rc;
+    rc = sd_lowrank_conv2d(y, x, N, C, H, W, weight->shape[0], g.OH, g.OW, weight->side,
+                           stride, pad_top, pad_bottom, pad_left, pad_right);
+  }
+  return rc;
 }
 
 int sd_conv2d(float *y, const float *x, int N, int C, int H, int W,

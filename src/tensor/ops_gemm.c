@@ -22,6 +22,7 @@
 #include "tensor/convert.h"
 #include "tensor/gemm_bf16.h"
 #include "tensor/ops.h"
+#include "tensor/lowrank.h"
 #include "tensor/ops_internal.h"
 #include "tensor/profile.h"
 
@@ -225,8 +226,20 @@ static int64_t linear_panel_rows(const sd_tensor *W, int64_t K) {
   return nb > N ? N : nb;
 }
 
+static int linear_impl(float *y, const float *x, int64_t M, int64_t K,
+                       const sd_tensor *W, const sd_tensor *bias);
+
 int sd_linear(float *y, const float *x, int64_t M, int64_t K,
               const sd_tensor *W, const sd_tensor *bias) {
+  int rc = linear_impl(y, x, M, K, W, bias);
+  /* LoRA side path: y += s * up(down(x)), after the product (its scratch
+   * is freed by then) */
+  if (!rc && W->side) rc = sd_lowrank_linear(y, x, M, K, W->shape[0], W->side);
+  return rc;
+}
+
+static int linear_impl(float *y, const float *x, int64_t M, int64_t K,
+                       const sd_tensor *W, const sd_tensor *bias) {
   if (sd_plan_active()) {
     /* bias copy (freed before the panel is taken) or panel + the GEMM's */
     int64_t N = W->shape[0];

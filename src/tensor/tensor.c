@@ -1,4 +1,5 @@
 #include "tensor/tensor.h"
+#include "tensor/lowrank.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -42,8 +43,13 @@ size_t sd_tensor_nbytes(const sd_tensor *t) {
 
 int64_t sd_tensors_nbytes(const sd_tensor *const *t, int n) {
   int64_t b = 0;
-  for (int i = 0; i < n; i++)
-    if (t[i]) b += (int64_t)sd_tensor_nbytes(t[i]);
+  for (int i = 0; i < n; i++) {
+    if (!t[i]) continue;
+    b += (int64_t)sd_tensor_nbytes(t[i]);
+    /* a LoRA side path is resident with its weight */
+    for (const sd_lowrank *s = t[i]->side; s; s = s->next)
+      b += (int64_t)(sd_tensor_nbytes(&s->down) + sd_tensor_nbytes(&s->up));
+  }
   return b;
 }
 

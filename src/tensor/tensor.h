@@ -29,6 +29,8 @@ typedef enum sd_dtype {
   SD_DTYPE_COUNT
 } sd_dtype;
 
+struct sd_lowrank;
+
 typedef struct sd_tensor {
   sd_dtype dtype;
   int ndim;
@@ -36,6 +38,10 @@ typedef struct sd_tensor {
   void *data;
   int owns_data; /* 1: data came from sd_alloc and is freed with the tensor;
                     2: heap data owned by a weight set (a transposed copy) */
+  /* Low-rank adapters applied beside this weight (LoRA side path, see
+   * tensor/lowrank.h): sd_linear and sd_conv2d add s * up(down(x)) for each
+   * term of the list. NULL for plain weights. Not owned. */
+  const struct sd_lowrank *side;
 } sd_tensor;
 
 /* Bytes per element; 0 for an unknown dtype. */

@@ -51,15 +51,27 @@ static void check_u8(conf_ctx *c, const char *id, const float *img01, int n, int
     conf_result(c, id, worst <= 1, "max |diff| %d levels (tol 1)", worst);
 }
 
-void conf_pipeline_case(conf_ctx *c, const char *model, const char *golden_dir,
-                        const cJSON *root, const cJSON *kase) {
-  const char *name = sd_json_str(kase, "name", "?");
+/* One run of a case; side_path: the case's LoRAs stay a side path instead
+ * of being merged. */
+static void run_case(conf_ctx *c, const char *model, const char *golden_dir, const cJSON *root,
+                     const cJSON *kase, const char *id, int side_path) {
   const cJSON *params = cJSON_GetObjectItemCaseSensitive(kase, "params");
   int img2img = strcmp(sd_json_str(kase, "kind", ""), "img2img") == 0;
   /* LatentConsistencyModelPipeline: prompt only, guidance as a UNet input */
   int lcm = strcmp(sd_json_str(kase, "kind", ""), "lcm_txt2img") == 0;
-  char id[512], cid[600], p[4096];
-  snprintf(id, sizeof id, "%s/%s", model, name);
+  char cid[600], p[4096];
+  sd_lora_spec loras[8];
+  char lora_paths[8][4200];
+  int n_loras = 0;
+  const cJSON *l;
+  cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(kase, "lora")) {
+    if (n_loras == 8) break;
+    snprintf(lora_paths[n_loras], sizeof lora_paths[n_loras], "%s/%s", c->fixtures,
+             sd_json_str(l, "file", ""));
+    loras[n_loras].path = lora_paths[n_loras];
+    loras[n_loras].scale = (float)sd_json_num(l, "scale", 1.0);
+    n_loras++;
+  }
   sd_error err = {0};
   sd_weights *g = NULL;
   sd_unet_model *m = NULL;
@@ -71,8 +83,9 @@ void conf_pipeline_case(conf_ctx *c, const char *model, const char *golden_dir,
   if (sd_weights_open(&g, p, &err)) goto fail;
   char folder[4096];
   snprintf(folder, sizeof folder, "%s/%s", c->fixtures, sd_json_str(root, "model_folder", model));
-  sd_load_options lo = {.path = folder};
+  sd_load_options lo = {.path = folder, .loras = loras, .n_loras = n_loras};
   if (sd_unet_model_load(&m, &lo, &err)) goto fail;
+  if (!side_path && sd_unet_model_merge_loras(m, &err)) goto fail;
 
   float guidance = (float)sd_json_num(params, "guidance_scale", 7.5);
   int steps = sd_json_int(params, "num_inference_steps", 4);
@@ -204,4 +217,15 @@ done:
   sd_scheduler_free(sched);
   sd_unet_model_free(m);
   sd_weights_free(g);
+}
+
+void conf_pipeline_case(conf_ctx *c, const char *model, const char *golden_dir,
+                        const cJSON *root, const cJSON *kase) {
+  char id[512], sid[560];
+  snprintf(id, sizeof id, "%s/%s", model, sd_json_str(kase, "name", "?"));
+  run_case(c, model, golden_dir, root, kase, id, 0);
+  if (cJSON_GetObjectItemCaseSensitive(kase, "lora")) { /* both LoRA mechanisms */
+    snprintf(sid, sizeof sid, "%s[lora side path]", id);
+    run_case(c, model, golden_dir, root, kase, sid, 1);
+  }
 }

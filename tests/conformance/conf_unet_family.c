@@ -8,6 +8,7 @@
 #include "base/alloc.h"
 #include "conformance.h"
 #include "io/json.h"
+#include "io/lora.h"
 #include "io/model_dir.h"
 #include "models/clip_text.h"
 #include "models/unet.h"
@@ -67,20 +68,79 @@ static int open_component(const source *s, const char *component, sd_weights **w
   return sd_component_open(dir, 0, w, cfg, err);
 }
 
+/* How a case's "lora" list is applied: none, merged, side path. */
+enum { LORA_NONE = 0, LORA_MERGED, LORA_SIDE };
+
+/* The case's LoRAs bound to every component of the folder (so that every
+ * key of the files must map), applied merged or as a side path. `keep`
+ * names the component whose weight set the caller gets (*w); the other sets
+ * are freed. *a must be freed after *w. */
+static int open_with_loras(conf_ctx *c, const source *s, const cJSON *kase, const char *keep,
+                           int mode, sd_weights **w, cJSON **cfg, sd_adapter **a,
+                           sd_error *err) {
+  static const char *const comps[] = {"unet", "text_encoder", "text_encoder_2"};
+  static const sd_lora_target_kind kinds[] = {SD_LORA_UNET, SD_LORA_TE1, SD_LORA_TE2};
+  sd_weights *sets[3] = {0};
+  cJSON *cfgs[3] = {0};
+  sd_lora_spec specs[8];
+  char paths[8][4200];
+  int n = 0, rc = SD_OK;
+  const cJSON *l;
+  cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(kase, "lora")) {
+    if (n == 8) break;
+    snprintf(paths[n], sizeof paths[n], "%s/%s", c->fixtures, sd_json_str(l, "file", ""));
+    specs[n].path = paths[n];
+    specs[n].scale = (float)sd_json_num(l, "scale", 1.0);
+    n++;
+  }
+  sd_adapter_target t[3];
+  for (int i = 0; i < 3 && !rc; i++) {
+    char dir[4200];
+    sd_path_join(dir, sizeof dir, s->folder, comps[i]);
+    if (i == 2 && !sd_is_dir(dir)) break;
+    rc = open_component(s, comps[i], &sets[i], &cfgs[i], err);
+    t[i].kind = kinds[i];
+    t[i].w = sets[i];
+  }
+  sd_lora_family fam = sets[2] ? SD_LORA_FAMILY_SDXL : SD_LORA_FAMILY_SD1;
+  if (!rc) rc = sd_adapter_load(a, specs, n, t, sets[2] ? 3 : 2, fam, err);
+  if (!rc && *a)
+    rc = mode == LORA_SIDE ? sd_adapter_attach_side(*a, err)
+                           : sd_adapter_merge(*a, SD_LORA_TARGETS, err);
+  for (int i = 0; i < 3; i++) {
+    if (!rc && strcmp(comps[i], keep) == 0) {
+      *w = sets[i];
+      *cfg = cfgs[i];
+      sd_adapter_forget(*a, sets[i]);
+      continue;
+    }
+    sd_adapter_forget(*a, sets[i]);
+    sd_weights_free(sets[i]);
+    cJSON_Delete(cfgs[i]);
+  }
+  if (rc) {
+    sd_adapter_free(*a);
+    *a = NULL;
+  }
+  return rc;
+}
+
 static void check_text_encoder(conf_ctx *c, const source *s, const sd_weights *g,
-                               const cJSON *kase, const char *id) {
+                               const cJSON *kase, const char *id, int lora) {
   const char *component = sd_json_str(kase, "component", "text_encoder");
   sd_error err = {0};
   sd_weights *w = NULL;
   cJSON *cfg = NULL;
   sd_clip *m = NULL;
+  sd_adapter *adapter = NULL;
   sd_tensor *ids_f = golden_f32(g, io_name(kase, "inputs", "input_ids"));
   char cid[600];
   if (!ids_f) {
     conf_result(c, id, 0, "input_ids missing from goldens");
     return;
   }
-  if (open_component(s, component, &w, &cfg, &err) ||
+  if ((lora ? open_with_loras(c, s, kase, component, lora, &w, &cfg, &adapter, &err)
+            : open_component(s, component, &w, &cfg, &err)) ||
       sd_clip_load(&m, w, "", cfg, SD_ACT_QUICK_GELU, &err)) {
     conf_result(c, id, 0, "%s", err.msg);
     goto done;
@@ -116,13 +176,15 @@ static void check_text_encoder(conf_ctx *c, const source *s, const sd_weights *g
 done:
   sd_clip_free(m);
   sd_weights_free(w);
+  sd_adapter_free(adapter);
   cJSON_Delete(cfg);
   sd_tensor_free(ids_f);
 }
 
 static void check_unet(conf_ctx *c, const source *s, const sd_weights *g, const cJSON *kase,
-                       const char *id) {
+                       const char *id, int lora) {
   sd_error err = {0};
+  sd_adapter *adapter = NULL;
   sd_weights *w = NULL;
   cJSON *cfg = NULL;
   sd_unet *m = NULL;
@@ -136,7 +198,9 @@ static void check_unet(conf_ctx *c, const source *s, const sd_weights *g, const 
     conf_result(c, id, 0, "UNet inputs missing from goldens");
     goto done;
   }
-  if (open_component(s, "unet", &w, &cfg, &err) || sd_unet_load(&m, w, cfg, &err)) {
+  if ((lora ? open_with_loras(c, s, kase, "unet", lora, &w, &cfg, &adapter, &err)
+            : open_component(s, "unet", &w, &cfg, &err)) ||
+      sd_unet_load(&m, w, cfg, &err)) {
     conf_result(c, id, 0, "%s", err.msg);
     goto done;
   }
@@ -179,6 +243,7 @@ done:
   sd_free(tc);
   sd_unet_free(m);
   sd_weights_free(w);
+  sd_adapter_free(adapter);
   cJSON_Delete(cfg);
   sd_tensor_free(x);
   sd_tensor_free(t);
@@ -315,14 +380,23 @@ void conf_suite_unet_family(conf_ctx *c, const char *model, const char *golden_d
       conf_result(c, id, 0, "%s", err.msg);
       continue;
     }
-    if (strcmp(kind, "text_encoder") == 0)
-      check_text_encoder(c, &folder, g, kase, id);
-    else if (strcmp(kind, "unet") == 0)
-      check_unet(c, &folder, g, kase, id);
+    /* a LoRA case runs twice: merged, and through the side path */
+    int lora = cJSON_GetObjectItemCaseSensitive(kase, "lora") != NULL;
+    char sid[540];
+    snprintf(sid, sizeof sid, "%s[lora side path]", id);
+    if (strcmp(kind, "text_encoder") == 0) {
+      check_text_encoder(c, &folder, g, kase, id, lora ? LORA_MERGED : LORA_NONE);
+      if (lora) check_text_encoder(c, &folder, g, kase, sid, LORA_SIDE);
+    } else if (strcmp(kind, "unet") == 0) {
+      check_unet(c, &folder, g, kase, id, lora ? LORA_MERGED : LORA_NONE);
+      if (lora) check_unet(c, &folder, g, kase, sid, LORA_SIDE);
+    }
     else if (strcmp(kind, "vae_decode") == 0)
       check_vae(c, &folder, g, kase, id, 0);
     else if (strcmp(kind, "vae_encode") == 0)
       check_vae(c, &folder, g, kase, id, 1);
+    else if (strcmp(kind, "taesd_decode") == 0 || strcmp(kind, "taesd_encode") == 0)
+      conf_taesd_case(c, folder.folder, g, kase, id);
     else
       conf_result(c, id, 0, "unknown case kind '%s'", kind);
     sd_weights_free(g);

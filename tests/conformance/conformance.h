@@ -84,6 +84,10 @@ int conf_sampler_for_class(const char *cls);
 /* txt2img / img2img cases of the SD 1.5 / SDXL family (pipeline module). */
 void conf_pipeline_case(conf_ctx *c, const char *model, const char *golden_dir,
                         const cJSON *root, const cJSON *kase);
+/* taesd_decode / taesd_encode cases on the AutoencoderTiny folder and on its
+ * original-format files. */
+void conf_taesd_case(conf_ctx *c, const char *folder, const sd_weights *g, const cJSON *kase,
+                     const char *id);
 void conf_suite_upscale(conf_ctx *c, const char *golden_dir, const cJSON *cases_json);
 
 #endif
