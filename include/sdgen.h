@@ -97,6 +97,13 @@ typedef struct sdgen_params {
   int n_loras;
   const char *lora_dir;        /* where <lora:NAME:SCALE> and bare names are looked up */
   const char *timestep_spacing; /* "leading", "linspace", "trailing"; NULL: scheduler config */
+  const char *prediction_type;  /* "epsilon", "v_prediction"; NULL: scheduler config */
+  /* LCM recipe on any SD 1.x / SDXL model: an LCM-distilled UNet
+   * (time_cond_proj_dim) runs the LatentConsistencyModelPipeline; a plain
+   * one gets its family's LCM-LoRA (latent-consistency/lcm-lora-sdv1-5 or
+   * lcm-lora-sdxl) after loras, the LCM sampler and guidance 1.0 unless
+   * sampler / cfg are set. Other models are refused. */
+  int lcm_auto;
   /* decoder: NULL = the model's VAE; "taesd" = the tiny autoencoder of the
    * model's family (taesd, taesdxl, taesd3); or a path / hub name of an
    * AutoencoderTiny folder or madebyollin's taesd_*.safetensors / .pth files */

@@ -1,6 +1,7 @@
 /* make_random_model: full-size random-weight models for benchmarks.
  *
- *   make_random_model --arch sd15|sdxl|sdxl-refiner|sd35-medium|sd35-large
+ *   make_random_model --arch sd15|sdxl|sdxl-refiner|sd35-medium|sd35-large|
+ *                            sd-turbo|lcm-sd15
  *                     --layout folder|single|both --out DIR
  *                     [--dtype f16|bf16|f32] [--seed N] [--verify]
  *
@@ -589,6 +590,26 @@ static int build_spec(model_spec *m, sd_error *err) {
     vae_tensors(new_component(m, "vae", UNET_FILE, CFG_SD15_VAE), 4, 1, "first_stage_model.");
     clip_tensors(new_component(m, "text_encoder", TE_FILE, CFG_CLIP_L), &clip_l,
                  "cond_stage_model.transformer.", 0);
+  } else if (strcmp(a, "lcm-sd15") == 0) { /* folder only */
+    static const unet_shape u = {4, {320, 640, 1280, 1280}, {1, 1, 1, 0}, {1, 1, 1, 1}, 2,
+                                 768, 0, 0};
+    m->model_index = CFG_LCM_INDEX;
+    m->scheduler = CFG_LCM_SCHEDULER;
+    component *un = new_component(m, "unet", UNET_FILE, CFG_LCM_UNET);
+    unet_tensors(un, &u, "model.diffusion_model.");
+    linear(un, "time_embedding.cond_proj", NULL, 320, 256, 0); /* guidance embedding */
+    vae_tensors(new_component(m, "vae", UNET_FILE, CFG_SD15_VAE), 4, 1, "first_stage_model.");
+    clip_tensors(new_component(m, "text_encoder", TE_FILE, CFG_CLIP_L), &clip_l, NULL, 0);
+  } else if (strcmp(a, "sd-turbo") == 0) { /* SD 2.1 architecture, folder only */
+    static const unet_shape u = {4, {320, 640, 1280, 1280}, {1, 1, 1, 0}, {1, 1, 1, 1}, 2,
+                                 1024, 1, 0};
+    static const clip_shape clip_h = {1024, 23, 4096, 0};
+    m->model_index = CFG_SD15_INDEX;
+    m->scheduler = CFG_SD_TURBO_SCHEDULER;
+    unet_tensors(new_component(m, "unet", UNET_FILE, CFG_SD_TURBO_UNET), &u,
+                 "model.diffusion_model.");
+    vae_tensors(new_component(m, "vae", UNET_FILE, CFG_SD15_VAE), 4, 1, "first_stage_model.");
+    clip_tensors(new_component(m, "text_encoder", TE_FILE, CFG_CLIP_H), &clip_h, NULL, 0);
   } else if (strcmp(a, "sdxl") == 0) {
     static const unet_shape u = {3, {320, 640, 1280}, {0, 1, 1}, {1, 2, 10}, 2, 2048, 1, 2816};
     m->model_index = CFG_SDXL_INDEX;
@@ -1269,7 +1290,8 @@ static int verify_single_sd3(const model_spec *m, const char *out, const char *p
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: make_random_model --arch sd15|sdxl|sdxl-refiner|sd35-medium|sd35-large\n"
+          "usage: make_random_model --arch sd15|sdxl|sdxl-refiner|sd35-medium|sd35-large|\n"
+          "                         sd-turbo|lcm-sd15\n"
           "                         --out DIR [--layout folder|single|both]\n"
           "                         [--dtype f16|bf16|f32] [--seed N] [--verify|--verify-only]\n"
           "       make_random_model --arch ARCH --list   (names, shapes, sizes; writes nothing)\n"
@@ -1329,6 +1351,11 @@ int main(int argc, char **argv) {
   }
   int folder = strcmp(layout, "folder") == 0 || strcmp(layout, "both") == 0;
   int single = strcmp(layout, "single") == 0 || strcmp(layout, "both") == 0;
+  if (single && arch && (!strcmp(arch, "sd-turbo") || !strcmp(arch, "lcm-sd15"))) {
+    /* their single files would need the unused OpenCLIP layer / cond_proj keys */
+    fprintf(stderr, "error: --arch %s is written as a diffusers folder only\n", arch);
+    return 2;
+  }
   if (!folder && !single) {
     fprintf(stderr, "error: --layout must be folder, single or both\n");
     return 2;

@@ -33,6 +33,55 @@ static const char CFG_SD15_UNET[] =
     "\"out_channels\":4,\"sample_size\":64,\"up_block_types\":"
     "[\"UpBlock2D\",\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\"]}";
 
+/* SimianLuo/LCM_Dreamshaper_v7: the SD 1.5 UNet + time_cond_proj_dim 256 */
+static const char CFG_LCM_INDEX[] =
+    "{\"_class_name\":\"LatentConsistencyModelPipeline\",\"_diffusers_version\":\"0.22.0.dev0\","
+    "\"feature_extractor\":[null,null],\"requires_safety_checker\":false,"
+    "\"safety_checker\":[null,null],\"scheduler\":[\"diffusers\",\"LCMScheduler\"],"
+    "\"text_encoder\":[\"transformers\",\"CLIPTextModel\"],"
+    "\"tokenizer\":[\"transformers\",\"CLIPTokenizer\"],"
+    "\"unet\":[\"diffusers\",\"UNet2DConditionModel\"],\"vae\":[\"diffusers\",\"AutoencoderKL\"]}";
+
+static const char CFG_LCM_SCHEDULER[] =
+    "{\"_class_name\":\"LCMScheduler\",\"_diffusers_version\":\"0.22.0.dev0\",\"beta_end\":0.012,"
+    "\"beta_schedule\":\"scaled_linear\",\"beta_start\":0.00085,\"clip_sample\":false,"
+    "\"clip_sample_range\":1.0,\"dynamic_thresholding_ratio\":0.995,\"num_train_timesteps\":1000,"
+    "\"original_inference_steps\":50,\"prediction_type\":\"epsilon\","
+    "\"rescale_betas_zero_snr\":false,\"sample_max_value\":1.0,\"set_alpha_to_one\":true,"
+    "\"steps_offset\":1,\"thresholding\":false,\"timestep_scaling\":10.0,"
+    "\"timestep_spacing\":\"leading\",\"trained_betas\":null}";
+
+static const char CFG_LCM_UNET[] =
+    "{\"_class_name\":\"UNet2DConditionModel\",\"_diffusers_version\":\"0.22.0.dev0\",\"act_fn\":\"silu\","
+    "\"attention_head_dim\":8,\"block_out_channels\":[320,640,1280,1280],"
+    "\"center_input_sample\":false,\"cross_attention_dim\":768,\"down_block_types\":"
+    "[\"CrossAttnDownBlock2D\",\"CrossAttnDownBlock2D\",\"CrossAttnDownBlock2D\",\"DownBlock2D\"],"
+    "\"downsample_padding\":1,\"flip_sin_to_cos\":true,\"freq_shift\":0,\"in_channels\":4,"
+    "\"layers_per_block\":2,\"mid_block_scale_factor\":1,\"norm_eps\":1e-05,\"norm_num_groups\":32,"
+    "\"out_channels\":4,\"sample_size\":96,\"time_cond_proj_dim\":256,\"up_block_types\":"
+    "[\"UpBlock2D\",\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\"]}";
+
+/* stabilityai/sd-turbo (SD 2.1 architecture, 512 px, epsilon, trailing
+ * Euler as shipped) */
+static const char CFG_SD_TURBO_SCHEDULER[] =
+    "{\"_class_name\":\"EulerDiscreteScheduler\",\"_diffusers_version\":\"0.24.0.dev0\","
+    "\"beta_end\":0.012,\"beta_schedule\":\"scaled_linear\",\"beta_start\":0.00085,"
+    "\"clip_sample\":false,\"interpolation_type\":\"linear\",\"num_train_timesteps\":1000,"
+    "\"prediction_type\":\"epsilon\",\"sample_max_value\":1.0,\"set_alpha_to_one\":false,"
+    "\"skip_prk_steps\":true,\"steps_offset\":1,\"timestep_spacing\":\"trailing\","
+    "\"trained_betas\":null,\"use_karras_sigmas\":false}";
+
+static const char CFG_SD_TURBO_UNET[] =
+    "{\"_class_name\":\"UNet2DConditionModel\",\"_diffusers_version\":\"0.24.0.dev0\",\"act_fn\":\"silu\","
+    "\"attention_head_dim\":[5,10,20,20],\"block_out_channels\":[320,640,1280,1280],"
+    "\"center_input_sample\":false,\"cross_attention_dim\":1024,\"down_block_types\":"
+    "[\"CrossAttnDownBlock2D\",\"CrossAttnDownBlock2D\",\"CrossAttnDownBlock2D\",\"DownBlock2D\"],"
+    "\"downsample_padding\":1,\"dual_cross_attention\":false,\"flip_sin_to_cos\":true,"
+    "\"freq_shift\":0,\"in_channels\":4,\"layers_per_block\":2,\"mid_block_scale_factor\":1,"
+    "\"norm_eps\":1e-05,\"norm_num_groups\":32,\"out_channels\":4,\"sample_size\":64,"
+    "\"up_block_types\":[\"UpBlock2D\",\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\","
+    "\"CrossAttnUpBlock2D\"],\"upcast_attention\":null,\"use_linear_projection\":true}";
+
 static const char CFG_SD15_VAE[] =
     "{\"_class_name\":\"AutoencoderKL\",\"_diffusers_version\":\"0.6.0\",\"act_fn\":\"silu\","
     "\"block_out_channels\":[128,256,512,512],\"down_block_types\":" CFG_DOWN4_ENC ","
@@ -51,6 +100,8 @@ static const char CFG_SD15_VAE[] =
 static const char CFG_CLIP_L[] = CFG_CLIP("CLIPTextModel", "quick_gelu", 768, 3072, 12, 12, 768);
 static const char CFG_CLIP_L_PROJ[] =
     CFG_CLIP("CLIPTextModelWithProjection", "quick_gelu", 768, 3072, 12, 12, 768);
+/* OpenCLIP ViT-H text tower, penultimate layer (23 of 24 layers) */
+static const char CFG_CLIP_H[] = CFG_CLIP("CLIPTextModel", "gelu", 1024, 4096, 16, 23, 512);
 static const char CFG_CLIP_BIGG[] =
     CFG_CLIP("CLIPTextModelWithProjection", "gelu", 1280, 5120, 20, 32, 1280);
 

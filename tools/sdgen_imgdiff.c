@@ -1,13 +1,42 @@
 /* sdgen_imgdiff A.png B.png [MAX_LEVELS [MAX_REL_L2]]: compares two 8-bit
- * images and prints the largest per-value difference in levels and the
+ * images (B may also be FILE.safetensors:TENSOR, a u8 golden image batch
+ * (N, H, W, 3) or (N, 3, H, W), of which the first image) and prints the largest per-value difference in levels and the
  * relative L2 error; exits 1 when sizes differ, the largest difference
  * exceeds MAX_LEVELS (default 0; -1 = no limit) or the relative L2 exceeds
  * MAX_REL_L2 (when given). Used by the CLI tests. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "io/image.h"
+#include "io/safetensors.h"
+
+/* "FILE.safetensors:NAME" -> the first image of that u8 tensor. */
+static int read_golden(const char *spec, sd_image *img, sd_error *err) {
+  char path[4096];
+  const char *colon = strstr(spec, ".safetensors:");
+  if (!colon) return sd_image_read(spec, img, err);
+  snprintf(path, sizeof path, "%.*s", (int)(colon - spec) + 12, spec);
+  sd_weights *w = NULL;
+  int rc = sd_weights_open(&w, path, err);
+  if (rc) return rc;
+  const sd_tensor *t = sd_weights_get(w, colon + 13);
+  int nchw = t && t->ndim == 4 && t->shape[1] == 3 && t->shape[3] != 3;
+  if (!t || t->dtype != SD_U8 || t->ndim != 4 || (!nchw && t->shape[3] != 3)) {
+    sd_weights_free(w);
+    return sd_fail(err, SD_ERR_FORMAT, "%s: no u8 image batch named %s", path, colon + 13);
+  }
+  int H = (int)t->shape[nchw ? 2 : 1], W = (int)t->shape[nchw ? 3 : 2];
+  if (!(rc = sd_image_alloc(img, W, H, 3, err))) {
+    const uint8_t *src = t->data;
+    for (long i = 0; i < (long)W * H; i++)
+      for (int c = 0; c < 3; c++)
+        img->data[i * 3 + c] = nchw ? src[(long)c * W * H + i] : src[i * 3 + c];
+  }
+  sd_weights_free(w);
+  return rc;
+}
 
 int main(int argc, char **argv) {
   if (argc < 3) {
@@ -18,7 +47,7 @@ int main(int argc, char **argv) {
   double max_rel = argc > 4 ? atof(argv[4]) : -1.0;
   sd_image a = {0}, b = {0};
   sd_error err = {0};
-  if (sd_image_read(argv[1], &a, &err) || sd_image_read(argv[2], &b, &err)) {
+  if (sd_image_read(argv[1], &a, &err) || read_golden(argv[2], &b, &err)) {
     fprintf(stderr, "error: %s\n", err.msg);
     return 2;
   }

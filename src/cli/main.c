@@ -64,6 +64,8 @@ static void usage(FILE *f) {
           "                          flow_euler (default: the model's scheduler)\n"
           "  --timestep-spacing S    leading, linspace or trailing (Turbo, Hyper-SD,\n"
           "                          Lightning: trailing; default: the scheduler config)\n"
+          "  --prediction-type T     epsilon or v_prediction (default: the scheduler config;\n"
+          "                          SD 2.x 768-v single files without --config: v_prediction)\n"
           "  --rng cpu|cuda          noise as torch's CPU generator (diffusers) or CUDA's\n"
           "  --init-image FILE       img2img from a PNG or JPEG\n"
           "  --strength X            img2img strength in (0, 1] (default 0.8)\n"
@@ -318,7 +320,20 @@ int main(int argc, char **argv) {
       g.sampler = 1;
     } else if (IS("--timestep-spacing")) {
       NEED_VALUE;
+      if (strcmp(val, "leading") && strcmp(val, "linspace") && strcmp(val, "trailing")) {
+        fprintf(stderr, "error: --timestep-spacing expects leading, linspace or trailing, got "
+                        "'%s'\n", val);
+        return 2;
+      }
       p.timestep_spacing = val;
+    } else if (IS("--prediction-type")) {
+      NEED_VALUE;
+      if (strcmp(val, "epsilon") && strcmp(val, "v_prediction")) {
+        fprintf(stderr, "error: --prediction-type expects epsilon or v_prediction, got '%s'\n",
+                val);
+        return 2;
+      }
+      p.prediction_type = val;
     } else if (IS("--rng")) {
       NEED_VALUE;
       p.rng = val;
@@ -406,6 +421,9 @@ int main(int argc, char **argv) {
     if (!g.refiner && pr->refiner) p.refiner = pr->refiner;
     if (!g.upscale && pr->upscale) p.upscale = pr->upscale;
     if (!style_name && pr->style) style_name = pr->style;
+    if (!p.timestep_spacing) p.timestep_spacing = pr->timestep_spacing;
+    if (!p.prediction_type) p.prediction_type = pr->prediction_type;
+    p.lcm_auto = pr->lcm_auto;
   }
   if (decode) { /* beside the latents file unless --output says otherwise */
     if (!output_given) p.output_dir = NULL;

@@ -8,40 +8,45 @@
 #define SDXL_REFINER "stabilityai/stable-diffusion-xl-refiner-1.0"
 #define SD35_LARGE "stabilityai/stable-diffusion-3.5-large"
 #define SD35_TURBO "stabilityai/stable-diffusion-3.5-large-turbo"
+#define SD_TURBO "stabilityai/sd-turbo"
 
 /* Memory figures: peak process RSS of the fully resident plan at the
  * preset's size (weights F16/BF16 mapped + activations); the planner picks
  * frugal plans below them. */
 static const preset k_presets[] = {
     {"fast", SD15, NULL, 20, 512, 512, -1, "dpmpp_2m_karras", 0, NULL, "2.6GB",
-     "SD 1.5 (DreamShaper 8), 20 steps"},
+     "SD 1.5 (DreamShaper 8), 20 steps", NULL, NULL, 0},
     {"quality", SD15, NULL, 30, 512, 512, -1, NULL, 0, NULL, "2.6GB",
-     "SD 1.5 (DreamShaper 8), 30 steps"},
-    {"hd", SDXL, NULL, 30, 1024, 1024, -1, NULL, 0, NULL, "7.9GB", "SDXL base, 30 steps"},
+     "SD 1.5 (DreamShaper 8), 30 steps", NULL, NULL, 0},
+    {"hd", SDXL, NULL, 30, 1024, 1024, -1, NULL, 0, NULL, "7.9GB", "SDXL base, 30 steps", NULL,
+     NULL, 0},
     {"max", SDXL, SDXL_REFINER, 40, 1024, 1024, -1, NULL, 0, NULL, "7.9GB",
-     "SDXL base + refiner, 40 steps"},
+     "SDXL base + refiner, 40 steps", NULL, NULL, 0},
     {"ultra", SDXL, SDXL_REFINER, 50, 1024, 1024, -1, NULL, 0, NULL, "7.9GB",
-     "SDXL base + refiner, 50 steps"},
+     "SDXL base + refiner, 50 steps", NULL, NULL, 0},
     {"ultra-hd", SDXL, SDXL_REFINER, 50, 1024, 1024, -1, NULL, 2, NULL, "7.9GB",
-     "SDXL base + refiner + 2x upscale (2048x2048), 50 steps"},
+     "SDXL base + refiner + 2x upscale (2048x2048), 50 steps", NULL, NULL, 0},
     {"4k", SDXL, NULL, 30, 1024, 1024, -1, NULL, 4, NULL, "7.9GB",
-     "SDXL base + 4x upscale (4096x4096), 30 steps"},
+     "SDXL base + 4x upscale (4096x4096), 30 steps", NULL, NULL, 0},
     {"4k-ultra", SDXL, SDXL_REFINER, 50, 1024, 1024, -1, NULL, 4, NULL, "7.9GB",
-     "SDXL base + refiner + 4x upscale (4096x4096), 50 steps"},
+     "SDXL base + refiner + 4x upscale (4096x4096), 50 steps", NULL, NULL, 0},
     {"photorealistic", SDXL, SDXL_REFINER, 40, 1024, 1024, -1, NULL, 0, "realism", "7.9GB",
-     "SDXL base + refiner, realism style, 40 steps"},
+     "SDXL base + refiner, realism style, 40 steps", NULL, NULL, 0},
     {"ultra-realistic", SDXL, SDXL_REFINER, 50, 1024, 1024, -1, NULL, 2, "realism", "7.9GB",
-     "SDXL base + refiner + 2x, realism style, 50 steps"},
+     "SDXL base + refiner + 2x, realism style, 50 steps", NULL, NULL, 0},
     {"cinematic", SDXL, NULL, 40, 1344, 768, -1, NULL, 0, "cinematic", "8.4GB",
-     "SDXL base at 1344x768 (wide), cinematic style, 40 steps"},
-    {"lcm", SD15, NULL, 8, 512, 512, 1.5f, "lcm", 0, NULL, "2.6GB",
-     "SD 1.5 with the LCM sampler, 8 steps, low guidance"},
+     "SDXL base at 1344x768 (wide), cinematic style, 40 steps", NULL, NULL, 0},
+    {"lcm", SD15, NULL, 4, 512, 512, -1, NULL, 0, NULL, "2.6GB",
+     "SD 1.5 + LCM-LoRA (or an LCM-distilled model as is), 4 steps, guidance 1", NULL, NULL, 1},
+    {"turbo", SD_TURBO, NULL, 1, 512, 512, 0.0f, "euler", 0, NULL, "2.6GB",
+     "SD-Turbo (or SDXL-Turbo with --model), 1 step, trailing Euler, no guidance", "trailing",
+     "epsilon", 0},
     {"sd3.5", SD35_TURBO, NULL, 8, 1024, 1024, 0.0f, NULL, 0, NULL, "26GB",
-     "SD 3.5 Large Turbo, 8 steps, no guidance"},
+     "SD 3.5 Large Turbo, 8 steps, no guidance", NULL, NULL, 0},
     {"sd3.5-4k", SD35_TURBO, NULL, 8, 1024, 1024, 0.0f, NULL, 4, NULL, "26GB",
-     "SD 3.5 Large Turbo + 4x upscale (4096x4096), 8 steps"},
+     "SD 3.5 Large Turbo + 4x upscale (4096x4096), 8 steps", NULL, NULL, 0},
     {"pro", SD35_LARGE, NULL, 28, 1024, 1024, 4.5f, NULL, 0, NULL, "26GB",
-     "SD 3.5 Large, 28 steps, guidance 4.5 (--pro)"},
+     "SD 3.5 Large, 28 steps, guidance 4.5 (--pro)", NULL, NULL, 0},
 };
 
 static const style k_styles[] = {
@@ -85,9 +90,10 @@ void presets_print(void) {
     printf("%-16s %s\n", "", p->about);
   }
   printf("\nstyles: %s\n", style_names());
-  printf("--pro is the 'pro' preset. Explicit flags (--model, --steps, ...) override a preset.\n"
-         "Memory is the fully resident peak; with less available the planner streams weights\n"
-         "and slices attention/VAE instead (see --max-memory).\n");
+  printf(
+      "--pro is the 'pro' preset. Explicit flags (--model, --steps, ...) override a preset.\n"
+      "Memory is the fully resident peak; with less available the planner streams weights\n"
+      "and slices attention/VAE instead (see --max-memory).\n");
 }
 
 static const char *join(const char *const *names, int n, char *buf, size_t cap) {

@@ -17,6 +17,10 @@ typedef struct preset {
   const char *style;   /* NULL: none */
   const char *memory;  /* peak RAM of the fully resident plan, for --list-presets */
   const char *about;
+  /* few-step recipes (0 / NULL: as the model's scheduler says) */
+  const char *timestep_spacing;
+  const char *prediction_type;
+  int lcm_auto; /* LCM-distilled UNet as is, else the family's LCM-LoRA */
 } preset;
 
 typedef struct style {

@@ -134,9 +134,12 @@ int sdgen_model_load(sdgen_ctx *ctx, const sdgen_params *p, sdgen_model **out) {
     rc = sd3_pipeline_open(&m->sd3, &src, err);
   } else { /* with the LoRAs the load params name (list and prompt tags) */
     sdgen_params lp = *p;
+    sdgen_lora *lcm_loras = NULL; /* lcm_auto: the recipe's LCM-LoRA joins the set */
+    if (p->lcm_auto && (rc = gen_lcm_params(m->path, p, &lp, &lcm_loras, err))) goto fail;
     if (!lp.prompt) lp.prompt = "";
     gen_run *r = sd_calloc(1, sizeof *r); /* large (LoRA paths): not on the stack */
     if (!r) {
+      sd_free(lcm_loras);
       rc = sd_fail(err, SD_ERR_OOM, "out of memory");
       goto fail;
     }
@@ -146,6 +149,7 @@ int sdgen_model_load(sdgen_ctx *ctx, const sdgen_params *p, sdgen_model **out) {
     if (!rc) rc = load_unet(m, r, err);
     gen_free_loras(r);
     sd_free(r);
+    sd_free(lcm_loras);
   }
   if (rc) goto fail;
   m->t_load = sd_now() - t;

@@ -132,6 +132,10 @@ static cJSON *metadata(const gen_run *r, int index, const char *png_name) {
     cJSON_AddStringToObject(o, "timestep_spacing", p->timestep_spacing);
   else
     cJSON_AddNullToObject(o, "timestep_spacing");
+  if (p->prediction_type)
+    cJSON_AddStringToObject(o, "prediction_type", p->prediction_type);
+  else
+    cJSON_AddNullToObject(o, "prediction_type");
   cJSON_AddNumberToObject(o, "cfg", r->cfg);
   cJSON_AddNumberToObject(o, "width", r->width);
   cJSON_AddNumberToObject(o, "height", r->height);

@@ -123,6 +123,12 @@ int gen_base_sd3(gen_run *r) {
   int tokens = 0, rc;
   sd3_sources src = {.model = r->model_path, .clip_l = p->clip_l, .clip_g = p->clip_g,
                      .t5 = p->t5, .tokenizers = p->tokenizers_dir, .skip_t5 = p->no_t5};
+  if (p->timestep_spacing || p->prediction_type || p->lcm_auto)
+    /* FlowMatchEulerDiscreteScheduler has neither setting; no LCM recipe */
+    return sd_fail(r->err, SD_ERR_ARG, "%s applies to UNet models (SD 1.x / 2.x / SDXL), not to "
+                   "SD3's flow-matching schedule",
+                   p->lcm_auto ? "the LCM recipe"
+                   : p->timestep_spacing ? "--timestep-spacing" : "--prediction-type");
   double t = sd_now();
   pp = r->model->sd3; /* opened by sdgen_model_load, kept by the handle */
   /* Bind (not read) the transformer and the VAE: their shapes size the plan. */

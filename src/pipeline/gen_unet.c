@@ -476,9 +476,13 @@ int gen_base_unet(gen_run *r) {
   float cfg_batch = lcm_unet ? 0.0f : r->cfg;
   int n = r->n, h = H / f, w = W / f, C = uc->in_channels;
   sd_sampler kind = p->sampler ? (sd_sampler)sd_sampler_parse(p->sampler) : SD_SAMPLER_DEFAULT;
-  if (p->timestep_spacing) {
+  if (p->timestep_spacing || p->prediction_type) {
     overrides = cJSON_CreateObject();
-    if (!overrides || !cJSON_AddStringToObject(overrides, "timestep_spacing", p->timestep_spacing))
+    if (!overrides ||
+        (p->timestep_spacing &&
+         !cJSON_AddStringToObject(overrides, "timestep_spacing", p->timestep_spacing)) ||
+        (p->prediction_type &&
+         !cJSON_AddStringToObject(overrides, "prediction_type", p->prediction_type)))
       goto oom;
   }
   if ((rc = sd_scheduler_create(&sched, m->scheduler_config, kind, overrides, r->err)) ||

@@ -89,6 +89,10 @@ int sd_validate_params(const sdgen_params *p, sd_error *err) {
     return sd_fail(err, SD_ERR_ARG,
                    "unknown timestep spacing '%s' (leading, linspace or trailing)",
                    p->timestep_spacing);
+  if (p->prediction_type && strcmp(p->prediction_type, "epsilon") &&
+      strcmp(p->prediction_type, "v_prediction"))
+    return sd_fail(err, SD_ERR_ARG, "unknown prediction type '%s' (epsilon or v_prediction)",
+                   p->prediction_type);
   if (p->rng && sd_rng_kind_parse(p->rng) < 0)
     return sd_fail(err, SD_ERR_ARG, "unknown generator '%s' (cpu or cuda)", p->rng);
   sd_precision prec;
@@ -281,7 +285,15 @@ int sdgen_check_inputs(sdgen_ctx *ctx, const sdgen_params *p) {
   if (rc) return rc;
   char path[4096];
   if ((rc = sd_resolve_model(p, p->model, path, sizeof path, &ctx->err))) return rc;
-  return gen_validate_inputs(p, path, NULL, 0, &ctx->err);
+  sdgen_params lcm_p; /* params->lcm_auto: the params with the LCM recipe */
+  sdgen_lora *lcm_loras = NULL;
+  if (p->lcm_auto) {
+    if ((rc = gen_lcm_params(path, p, &lcm_p, &lcm_loras, &ctx->err))) return rc;
+    p = &lcm_p;
+  }
+  rc = gen_validate_inputs(p, path, NULL, 0, &ctx->err);
+  sd_free(lcm_loras);
+  return rc;
 }
 
 /* Load, generate, free: a one-shot run is a resident model used once.
@@ -298,8 +310,8 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *p, sdgen_result *res) {
   return rc;
 }
 
-int gen_run_model(sdgen_ctx *ctx, sdgen_model *model, const sdgen_params *p,
-                  sdgen_result *res) {
+static int run_model(sdgen_ctx *ctx, sdgen_model *model, const sdgen_params *p,
+                     sdgen_result *res) {
   sd_error *err = &ctx->err;
   sd_error_clear(err);
   memset(res, 0, sizeof *res);
@@ -391,5 +403,20 @@ done:
   for (int b = 0; r.final && b < r.n; b++) sd_image_free(&r.final[b]);
   sd_free(r.final);
   sd_alloc_trim();
+  return rc;
+}
+
+/* One generation on a handle; params->lcm_auto becomes the LCM recipe
+ * (sampler, guidance, the family's LCM-LoRA) for this run first. */
+int gen_run_model(sdgen_ctx *ctx, sdgen_model *model, const sdgen_params *p,
+                  sdgen_result *res) {
+  if (!p->lcm_auto) return run_model(ctx, model, p, res);
+  sdgen_params lcm_p;
+  sdgen_lora *lcm_loras = NULL;
+  memset(res, 0, sizeof *res);
+  sd_error_clear(&ctx->err);
+  int rc = gen_lcm_params(model->path, p, &lcm_p, &lcm_loras, &ctx->err);
+  if (!rc) rc = run_model(ctx, model, &lcm_p, res);
+  sd_free(lcm_loras);
   return rc;
 }

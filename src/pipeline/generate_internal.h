@@ -182,6 +182,12 @@ void gen_model_display_name(const char *given, const char *path, char *out, size
  * names (no weights read): "sd1", "sdxl", "sdxl-refiner", "sd3", or ""
  * when unknown. */
 int gen_model_family(const char *path, const char **family, sd_error *err);
+/* params->lcm_auto: *out = *p, plus for a plain SD 1.x / SDXL model its
+ * LCM-LoRA (the list in *loras: sd_free it after the run), the LCM sampler
+ * and guidance 1.0 where unset; unchanged for an LCM-distilled UNet;
+ * SD_ERR_ARG for any other model (gen_lcm.c). */
+int gen_lcm_params(const char *model_path, const sdgen_params *p, sdgen_params *out,
+                   sdgen_lora **loras, sd_error *err);
 int gen_progress(int step, int total, void *user); /* sd_step_cb over gen_run */
 int sd_validate_params(const sdgen_params *p, sd_error *err);
 /* "fp32" (or NULL) / "bf16" -> sd_precision; fails for unknown names and

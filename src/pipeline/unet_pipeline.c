@@ -38,6 +38,16 @@ static const char k_sdxl_scheduler[] =
     "\"steps_offset\":1,\"timestep_spacing\":\"leading\",\"trained_betas\":null,"
     "\"use_karras_sigmas\":false,\"clip_sample\":false}";
 
+/* stabilityai/stable-diffusion-2-1 (the 768-v release): an SD 2.x single
+ * file does not say whether it predicts v (768-v) or epsilon (512-base,
+ * sd-turbo); --config or --prediction-type tell the others apart. */
+static const char k_sd2_scheduler[] =
+    "{\"_class_name\":\"DDIMScheduler\",\"beta_end\":0.012,\"beta_schedule\":"
+    "\"scaled_linear\",\"beta_start\":0.00085,\"clip_sample\":false,"
+    "\"num_train_timesteps\":1000,\"prediction_type\":\"v_prediction\","
+    "\"set_alpha_to_one\":false,\"skip_prk_steps\":true,\"steps_offset\":1,"
+    "\"trained_betas\":null}";
+
 void sd_unet_model_drop_text_encoders(sd_unet_model *m) {
   sd_adapter_forget(m->adapter, m->w_te1);
   sd_adapter_forget(m->adapter, m->w_te2);
@@ -161,6 +171,22 @@ static int load_folder(sd_unet_model *m, const sd_load_options *opt, sd_error *e
   return SD_OK;
 }
 
+/* A --tokenizers folder that is itself an SD 2.x diffusers folder keeps its
+ * tokenizer/ (pad "!"); anything else: the tokenizer_2 convention. */
+static const char *sd2_tokenizer_sub(const char *tokenizers_dir) {
+  char p[4200];
+  if (!tokenizers_dir) return "tokenizer_2";
+  sd_path_join(p, sizeof p, tokenizers_dir, "tokenizer_2");
+  if (sd_is_dir(p)) return "tokenizer_2";
+  sd_path_join(p, sizeof p, tokenizers_dir, "text_encoder/config.json");
+  cJSON *cfg = NULL;
+  sd_error e = {0};
+  int gelu = sd_is_file(p) && !sd_json_read_file(p, &cfg, &e) &&
+             strcmp(sd_json_str(cfg, "hidden_act", ""), "gelu") == 0;
+  cJSON_Delete(cfg);
+  return gelu ? "tokenizer" : "tokenizer_2";
+}
+
 static int load_single_file(sd_unet_model *m, const sd_load_options *opt, sd_error *err) {
   sd_weights *file = NULL;
   sd_checkpoint_info info;
@@ -196,8 +222,9 @@ static int load_single_file(sd_unet_model *m, const sd_load_options *opt, sd_err
   if ((rc = read_json_opt(cd, "scheduler", "scheduler_config.json", &m->scheduler_config, err)))
     return rc;
   if (!m->scheduler_config)
-    m->scheduler_config =
-        cJSON_Parse(m->family == SD_MODEL_SD1 ? k_sd1_scheduler : k_sdxl_scheduler);
+    m->scheduler_config = cJSON_Parse(info.family == SD_FAMILY_SD2 ? k_sd2_scheduler
+                                      : m->family == SD_MODEL_SD1 ? k_sd1_scheduler
+                                                                  : k_sdxl_scheduler);
   if (!m->scheduler_config) return sd_fail(err, SD_ERR_OOM, "out of memory");
 
   if ((rc = read_json_opt(cd, "unet", "config.json", &cfg, err))) return rc;
@@ -222,8 +249,11 @@ static int load_single_file(sd_unet_model *m, const sd_load_options *opt, sd_err
     cJSON_Delete(cfg);
     cfg = NULL;
     if (rc) return rc;
-    if ((rc = load_tokenizer(&m->tok1, cd, "tokenizer", opt->tokenizers_dir, err)))
-      return rc;
+    /* Without a config folder an SD 2.x file takes the OpenCLIP tokenizer
+     * convention (pad "!"), which SDXL's tokenizer_2 shares. */
+    const char *sub = info.family == SD_FAMILY_SD2 && !cd ? sd2_tokenizer_sub(opt->tokenizers_dir)
+                                                          : "tokenizer";
+    if ((rc = load_tokenizer(&m->tok1, cd, sub, opt->tokenizers_dir, err))) return rc;
   }
   if (m->family != SD_MODEL_SD1) {
     if (!m->w_te2) return sd_fail(err, SD_ERR_FORMAT, "%s has no OpenCLIP encoder", opt->path);

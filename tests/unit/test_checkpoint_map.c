@@ -350,12 +350,23 @@ static void check_consumed(const char *label, const sd_weights *file,
       nv++;
     }
   qsort(views, (size_t)nv, sizeof(range), cmp_range);
+  /* SD 2.x conditions on the penultimate OpenCLIP layer: the last resblock
+   * is left out on purpose (as diffusers' from_single_file drops it) */
+  static const char rb[] = "cond_stage_model.model.transformer.resblocks.";
+  int last_rb = -1;
+  for (int i = 0; i < sd_weights_count(file); i++)
+    if (strncmp(sd_weights_name_at(file, i), rb, sizeof rb - 1) == 0) {
+      int k = atoi(sd_weights_name_at(file, i) + sizeof rb - 1);
+      if (k > last_rb) last_rb = k;
+    }
   int unconsumed = 0;
   for (int i = 0; i < sd_weights_count(file); i++) {
     const char *key = sd_weights_name_at(file, i);
     size_t klen = strlen(key);
     if (is_non_weight(key) ||
-        (klen >= 15 && strcmp(key + klen - 15, "text_projection") == 0))
+        (klen >= 15 && strcmp(key + klen - 15, "text_projection") == 0) ||
+        (last_rb >= 0 && strncmp(key, rb, sizeof rb - 1) == 0 &&
+         atoi(key + sizeof rb - 1) == last_rb))
       continue;
     const sd_tensor *t = sd_weights_tensor_at(file, i);
     const char *b = t->data, *e = b + sd_tensor_nbytes(t);
@@ -628,6 +639,11 @@ int main(int argc, char **argv) {
          "vae/diffusion_pytorch_model.fp16.safetensors",
          "text_encoder/model.fp16.safetensors",
          "text_encoder_2/model.fp16.safetensors"},
+        /* SD 2.x: OpenCLIP names, fused in_proj rows, the unused last
+         * resblock dropped */
+        {"sd21", "sd21.safetensors", "sd21", SD_FAMILY_SD2,
+         "unet/diffusion_pytorch_model.safetensors",
+         "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", NULL},
         {"sdxl-refiner", "sdxl-refiner.safetensors", "sdxl-refiner",
          SD_FAMILY_SDXL_REFINER, "unet/diffusion_pytorch_model.safetensors",
          "vae/diffusion_pytorch_model.safetensors", NULL,

@@ -94,6 +94,11 @@ static int case_flags(const char *fixtures, const cJSON *root, const cJSON *kase
                               o->valuestring);
         continue;
       }
+      if (!strcmp(o->string, "prediction_type") && cJSON_IsString(o)) {
+        u += (size_t)snprintf(out + u, u < n ? n - u : 0, " --prediction-type %s",
+                              o->valuestring);
+        continue;
+      }
       const cJSON *f = sc ? cJSON_GetObjectItemCaseSensitive(sc, o->string) : NULL;
       if (!f || !cJSON_Compare(f, o, 1)) {
         printf("SKIP %s: override %s has no command-line flag (checked by conformance)\n", name,
