@@ -5,6 +5,8 @@
  *     to the same value after every generation (nothing grows);
  *   - output_in_memory writes nothing and returns PNG bytes with the
  *     `parameters` chunk, the seed, the infotext and the JSON;
+ *   - LoRAs per request (list and <lora:> tags): the handle re-binds when
+ *     the set changes, and every image equals the one-shot run's;
  *   - two contexts: cancelling one does not touch the other;
  *   - inputs are refused before any load (refiner/img2img strengths that
  *     leave no step);
@@ -208,6 +210,40 @@ int main(int argc, char **argv) {
                 (long long)ms.rss, (long long)rss_first);
   }
 
+  /* LoRAs per request: the handle re-binds when the set changes and gives
+   * each request the image a one-shot run gives */
+  char lora_path[600], lora_dir[512];
+  snprintf(lora_dir, sizeof lora_dir, "%s/lora", fx);
+  snprintf(lora_path, sizeof lora_path, "%s/sd15_attn.safetensors", lora_dir);
+  sdgen_lora lora = {lora_path, 0.8f};
+  sdgen_params pl = p;
+  pl.loras = &lora;
+  pl.n_loras = 1;
+  sd_image with_lora = {0};
+  rc = sdgen_generate(ctx, &pl, &res);
+  CHECK_MSG(rc == 0 && res.count == 1 && result_pixels(&res, &with_lora) == 0,
+            "one-shot LoRA run: %s", sdgen_last_error(ctx));
+  CHECK(with_lora.data && !same_pixels(&with_lora, &ref)); /* the LoRA changes the image */
+  sdgen_result_free(&res);
+  empty_dir(out_dir);
+  sdgen_params tagged = p;
+  tagged.prompt = "a lighthouse <lora:sd15_attn:0.8>";
+  tagged.lora_dir = lora_dir;
+  const sdgen_params *seq[] = {&pl, &p, &tagged, &pl, &p};
+  const sd_image *want[] = {&with_lora, &ref, &with_lora, &with_lora, &ref};
+  for (int i = 0; m && with_lora.data && i < 5; i++) {
+    rc = sdgen_model_generate(ctx, m, seq[i], &res);
+    sd_image img = {0};
+    CHECK_MSG(rc == 0 && res.count == 1 && result_pixels(&res, &img) == 0 &&
+                  same_pixels(&img, want[i]),
+              "LoRA sequence %d: rc %d (%s), image differs from the one-shot run's", i, rc,
+              sdgen_last_error(ctx));
+    sd_image_free(&img);
+    sdgen_result_free(&res);
+    empty_dir(out_dir);
+  }
+  sd_image_free(&with_lora);
+
   /* two contexts: ctx2's cancel flag is its own */
   probe.other = ctx2;
   rc = m ? sdgen_model_generate(ctx, m, &p, &res) : 1;
@@ -254,8 +290,6 @@ int main(int argc, char **argv) {
   rc = sdgen_list_models(ctx, dirs, 1, list_cb, seen);
   CHECK_MSG(rc == 0 && strcmp(seen, "my-sd15:sd15;") == 0, "model dir listing: rc %d '%s' (%s)",
             rc, seen, sdgen_last_error(ctx));
-  char lora_dir[512];
-  snprintf(lora_dir, sizeof lora_dir, "%s/lora", fx);
   int n_lora = 0;
   rc = sdgen_list_loras(ctx, lora_dir, lora_cb, &n_lora);
   CHECK_MSG(rc == 0 && n_lora >= 2, "LoRA listing: rc %d, %d files", rc, n_lora);
