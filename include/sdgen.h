@@ -279,6 +279,11 @@ void sdgen_cancel(sdgen_ctx *ctx);
 
 const char *sdgen_version(void);
 
+/* Writes an 8-bit RGB buffer (width x height x 3, as on_preview hands it)
+ * as a PNG, under a temporary name renamed when complete (a reader never
+ * sees a partial file). 0 on success. */
+int sdgen_write_png(const char *path, int width, int height, const unsigned char *rgb);
+
 #ifdef __cplusplus
 }
 #endif

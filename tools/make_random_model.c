@@ -1,7 +1,7 @@
 /* make_random_model: full-size random-weight models for benchmarks.
  *
  *   make_random_model --arch sd15|sdxl|sdxl-refiner|sd35-medium|sd35-large|
- *                            sd-turbo|lcm-sd15
+ *                            sd-turbo|lcm-sd15|taesd|taesdxl|taesd3
  *                     --layout folder|single|both --out DIR
  *                     [--dtype f16|bf16|f32] [--seed N] [--verify]
  *
@@ -1288,10 +1288,107 @@ static int verify_single_sd3(const model_spec *m, const char *out, const char *p
 
 /* ---- main ---- */
 
+/* ---- tiny autoencoders (TAESD / TAESDXL / TAESD3) ---- */
+
+/* One half as nn.Sequential entries: diffusers names "<half>.layers.N.*";
+ * the original files number the decoder from 1 (index 0 is its clamp).
+ * orig: 1 to give the tensors their original-file keys too. */
+static void tiny_half(component *c, int decoder, int latent, int orig) {
+  enum { CH = 64 };
+  static const int dec_blocks[4] = {3, 3, 3, 1}, enc_blocks[4] = {1, 3, 3, 3};
+  const char *half = decoder ? "decoder" : "encoder";
+  int idx = 0;
+  char dn[96], on[96];
+#define TINY_NAMES(k)                                                         \
+  snprintf(dn, sizeof dn, "%s.layers.%d", half, idx + 0 * (k));            \
+  snprintf(on, sizeof on, "%d", idx + decoder)
+  for (int level = 0; level < 4; level++) {
+    int nb = decoder ? dec_blocks[level] : enc_blocks[level];
+    if (!decoder || level == 0) {
+      if (decoder && level == 0) { /* conv in, ReLU */
+        TINY_NAMES(0);
+        conv(c, dn, orig ? on : NULL, CH, latent, 3);
+        idx += 2;
+      } else if (!decoder) { /* conv in, or a stride-2 conv without bias */
+        TINY_NAMES(0);
+        if (level == 0) conv(c, dn, orig ? on : NULL, CH, 3, 3);
+        else param(c, dn, orig ? on : NULL, "weight", 4, CH, CH, 3, 3);
+        idx++;
+      }
+    }
+    for (int b = 0; b < nb; b++, idx++)
+      for (int k = 0; k < 3; k++) {
+        char bd[128], bo[128];
+        TINY_NAMES(0);
+        snprintf(bd, sizeof bd, "%s.conv.%d", dn, 2 * k);
+        snprintf(bo, sizeof bo, "%s.conv.%d", on, 2 * k);
+        conv(c, bd, orig ? bo : NULL, CH, CH, 3);
+      }
+    if (decoder && level < 3) { /* 2x upsample, conv without bias */
+      idx++;
+      TINY_NAMES(0);
+      param(c, dn, orig ? on : NULL, "weight", 4, CH, CH, 3, 3);
+      idx++;
+    }
+  }
+  TINY_NAMES(0); /* conv out */
+  conv(c, dn, orig ? on : NULL, decoder ? 3 : latent, CH, 3);
+#undef TINY_NAMES
+}
+
+static int is_tiny_arch(const char *a) {
+  return !strcmp(a, "taesd") || !strcmp(a, "taesdxl") || !strcmp(a, "taesd3");
+}
+
+/* DIR/<arch>/: config.json + diffusion_pytorch_model.safetensors (diffusers)
+ * and <arch>_decoder.safetensors / <arch>_encoder.safetensors (the original
+ * files), the same values (one seeded stream per diffusers name). */
+static int write_tiny(model_spec *m, const char *out, sd_error *err) {
+  int latent = !strcmp(m->arch, "taesd3") ? 16 : 4;
+  char root[4096], p[4400], dec[128], enc[128];
+  snprintf(root, sizeof root, "%s/%s", out, m->arch);
+  snprintf(dec, sizeof dec, "%s_decoder.safetensors", m->arch);
+  snprintf(enc, sizeof enc, "%s_encoder.safetensors", m->arch);
+  const char *cfg = latent == 16 ? CFG_TAESD_16 : CFG_TAESD_4;
+  component *all = new_component(m, m->arch, UNET_FILE, cfg);
+  tiny_half(all, 1, latent, 0);
+  tiny_half(all, 0, latent, 0);
+  component *d = new_component(m, m->arch, UNET_FILE, cfg);
+  d->single_name = dec;
+  tiny_half(d, 1, latent, 1);
+  component *e = new_component(m, m->arch, UNET_FILE, cfg);
+  e->single_name = enc;
+  tiny_half(e, 0, latent, 1);
+  if (all->oom || d->oom || e->oom) return sd_fail(err, SD_ERR_OOM, "out of memory");
+  int rc = make_dir(out, err);
+  if (!rc) rc = make_dir(root, err);
+  if (!rc) {
+    sd_path_join(p, sizeof p, root, "config.json");
+    rc = write_text(p, cfg, err);
+  }
+  sd_stream_tensor *st = sd_alloc(sizeof *st * all->n);
+  if (!st) return sd_fail(err, SD_ERR_OOM, "out of memory");
+  for (int i = 0; i < all->n; i++) {
+    st[i].name = all->t[i].name;
+    st[i].dtype = m->dtype;
+    st[i].ndim = all->t[i].ndim;
+    memcpy(st[i].shape, all->t[i].shape, sizeof(int64_t) * 4);
+  }
+  if (!rc) rc = write_component_files(m, all, root, st, err);
+  sd_free(st);
+  if (!rc) printf("  %-16s %5d tensors %7.2f M params  %s/\n", m->arch, all->n,
+                  component_params(all) / 1e6, root);
+  snprintf(p, sizeof p, "%s/%s", root, dec);
+  if (!rc) rc = write_single(m, dec, p, err);
+  snprintf(p, sizeof p, "%s/%s", root, enc);
+  if (!rc) rc = write_single(m, enc, p, err);
+  return rc;
+}
+
 static void usage(FILE *f) {
   fprintf(f,
           "usage: make_random_model --arch sd15|sdxl|sdxl-refiner|sd35-medium|sd35-large|\n"
-          "                         sd-turbo|lcm-sd15\n"
+          "                         sd-turbo|lcm-sd15|taesd|taesdxl|taesd3\n"
           "                         --out DIR [--layout folder|single|both]\n"
           "                         [--dtype f16|bf16|f32] [--seed N] [--verify|--verify-only]\n"
           "       make_random_model --arch ARCH --list   (names, shapes, sizes; writes nothing)\n"
@@ -1306,7 +1403,9 @@ static void usage(FILE *f) {
           "the project's loaders and mapper (--verify-only: checks what an earlier run\n"
           "wrote, with the same --arch/--layout/--seed/--dtype, writing nothing).\n"
           "Sizes: SD 1.5 2.1 GB, SDXL 6.9 GB, refiner 6.1 GB, SD3.5 Medium 16.3 GB,\n"
-          "Large 27.6 GB (F16 / BF16).\n");
+          "Large 27.6 GB (F16 / BF16). taesd, taesdxl, taesd3: the tiny autoencoders\n"
+          "(64 channels) as DIR/<arch>/ with config.json + diffusion_pytorch_model.safetensors\n"
+          "and the original <arch>_decoder/_encoder.safetensors, F32 unless --dtype.\n");
 }
 
 int main(int argc, char **argv) {
@@ -1377,6 +1476,13 @@ int main(int argc, char **argv) {
   m.transformer_dtype = dtype ? m.dtype : SD_BF16;
   sd_error err = {0};
   init_normal_table();
+  if (is_tiny_arch(arch)) { /* F32 as released unless --dtype */
+    if (!dtype) m.dtype = SD_F32;
+    int rc = out ? write_tiny(&m, out, &err) : sd_fail(&err, SD_ERR_ARG, "--out needed");
+    free_spec(&m);
+    if (rc) fprintf(stderr, "error: %s\n", err.msg);
+    return rc ? 1 : 0;
+  }
   int rc = build_spec(&m, &err);
   int is_sd3 = !rc && strcmp(m.comp[0].dir, "transformer") == 0;
   if (!rc && list) { /* names, shapes and sizes only; nothing is written */

@@ -210,4 +210,17 @@ static const char CFG_T5_XXL[] =
     "\"tie_word_embeddings\":false,\"torch_dtype\":\"float16\",\"use_cache\":true,"
     "\"vocab_size\":32128}";
 
+/* madebyollin/taesd, taesdxl, taesd3 (AutoencoderTiny): 64 channels, the
+ * release block counts; latent channels 4 / 16. */
+#define CFG_TAESD(latent, shift)                                                                  \
+  "{\"_class_name\":\"AutoencoderTiny\",\"_diffusers_version\":\"0.20.0.dev0\","                  \
+  "\"act_fn\":\"relu\",\"decoder_block_out_channels\":[64,64,64,64],"                              \
+  "\"encoder_block_out_channels\":[64,64,64,64],\"force_upcast\":false,\"in_channels\":3,"          \
+  "\"latent_channels\":" #latent ",\"latent_magnitude\":3,\"latent_shift\":0.5,"                   \
+  "\"num_decoder_blocks\":[3,3,3,1],\"num_encoder_blocks\":[1,3,3,3],\"out_channels\":3,"          \
+  "\"scaling_factor\":1.0" shift ",\"upsampling_scaling_factor\":2}"
+
+static const char CFG_TAESD_4[] = CFG_TAESD(4, "");
+static const char CFG_TAESD_16[] = CFG_TAESD(16, ",\"shift_factor\":0.0");
+
 #endif

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/commands.h"
@@ -21,6 +22,14 @@
 #define DEFAULT_MODEL "Lykon/DreamShaper-8"
 
 static sdgen_ctx *g_ctx; /* only for the signal handler */
+
+/* --preview: the preview image, replaced atomically at each call */
+static char g_preview_path[4200];
+static void on_preview(int step, int total, int width, int height, const unsigned char *rgb,
+                       void *user) {
+  (void)step, (void)total, (void)user;
+  sdgen_write_png(g_preview_path, width, height, rgb);
+}
 
 static volatile sig_atomic_t g_signals;
 
@@ -53,6 +62,10 @@ static void usage(FILE *f) {
           "  --lora-dir DIR          where LoRA names are looked up\n"
           "  --upscale 2|4           upscale the result (Lanczos, or --upscaler)\n"
           "  --upscaler FILE         Real-ESRGAN RRDBNet weights (.safetensors or .pth)\n"
+          "  --vae taesd|PATH|ORG/NAME  decoder: the family's tiny autoencoder (taesd,\n"
+          "                          taesdxl, taesd3), or an AutoencoderTiny folder / file\n"
+          "  --preview N             every N steps a tiny-VAE preview in\n"
+          "                          OUTPUT/output_<stamp>.preview.png\n"
           "sampling\n"
           "  --negative-prompt TEXT  what the image should not show\n"
           "  --seed N                random seed (default 42)\n"
@@ -318,6 +331,13 @@ int main(int argc, char **argv) {
       NEED_VALUE;
       p.sampler = val;
       g.sampler = 1;
+    } else if (IS("--vae")) {
+      NEED_VALUE;
+      p.vae = val;
+    } else if (IS("--preview")) {
+      NEED_VALUE;
+      if (!parse_int(a, val, 1, 100000, &v)) return 2;
+      p.preview_every = (int)v;
     } else if (IS("--timestep-spacing")) {
       NEED_VALUE;
       if (strcmp(val, "leading") && strcmp(val, "linspace") && strcmp(val, "trailing")) {
@@ -459,6 +479,16 @@ int main(int argc, char **argv) {
   p.on_progress = console_progress;
   p.on_download = console_download;
   p.user = &con;
+  if (p.preview_every > 0) {
+    char stamp[32];
+    time_t now = time(NULL);
+    struct tm tmv;
+    localtime_r(&now, &tmv);
+    strftime(stamp, sizeof stamp, "%Y%m%d_%H%M%S", &tmv);
+    snprintf(g_preview_path, sizeof g_preview_path, "%s/output_%s.preview.png", p.output_dir,
+             stamp);
+    p.on_preview = on_preview;
+  }
 
   sdgen_ctx *ctx;
   if (sdgen_ctx_new(&ctx)) {

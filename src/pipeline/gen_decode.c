@@ -205,12 +205,17 @@ int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *params, const char *latents
                  latents_file);
     goto done;
   }
-  if ((rc = gen_open_vae(r.model_path, p->prefer_fp16, p->config_dir, &vw, &vae, err))) goto done;
+  /* params.vae: the tiny autoencoder decodes instead of the model's VAE */
+  if (p->vae ? (rc = gen_open_vaes(&r))
+             : (rc = gen_open_vae(r.model_path, p->prefer_fp16, p->config_dir, &vw, &vae, err)))
+    goto done;
   int n = (int)lt->shape[0], C = (int)lt->shape[1], h = (int)lt->shape[2], w = (int)lt->shape[3];
-  int f = sd_vae_downscale(vae);
-  if (C != sd_vae_get_config(vae)->latent_channels) {
+  int f = r.tiny ? sd_taesd_get_config(r.tiny)->decoder_factor : sd_vae_downscale(vae);
+  int want = r.tiny ? sd_taesd_get_config(r.tiny)->latent_channels
+                    : sd_vae_get_config(vae)->latent_channels;
+  if (C != want) {
     rc = sd_fail(err, SD_ERR_ARG, "the latents have %d channels, the VAE of %s expects %d", C,
-                 model, sd_vae_get_config(vae)->latent_channels);
+                 model, want);
     goto done;
   }
   if (n > SDGEN_MAX_IMAGES) {
@@ -240,7 +245,8 @@ int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *params, const char *latents
   gen_guard g;
   gen_guard_begin(&g, "decode");
   do {
-    rc = sd_decode_latents(vae, lat, n, h, w, 1, r.images, err);
+    rc = r.tiny ? sd_decode_latents_tiny(r.tiny, lat, n, h, w, r.images, err)
+                : sd_decode_latents(vae, lat, n, h, w, 1, r.images, err);
     if (!rc) rc = gen_guard_check(&r, &g, r.images, (int64_t)n * 3 * r.width * r.height);
   } while (!rc && g.rerun);
   gen_guard_end(&g);
@@ -263,6 +269,7 @@ int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *params, const char *latents
    * their metadata are complete, unless asked to keep them */
   if (!rc && !p->keep_latents) unlink(latents_file);
 done:
+  gen_free_vaes(&r);
   sd_vae_free(vae);
   sd_weights_free(vw);
   sd_weights_free(lw);

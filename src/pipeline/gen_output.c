@@ -103,6 +103,8 @@ void gen_infotext(const gen_run *r, char *buf, size_t n) {
     u += (size_t)snprintf(buf + u, n - u, ", Upscale: %dx %s", p->upscale, r->upscale_method);
   if (p->timestep_spacing && u < n)
     u += (size_t)snprintf(buf + u, n - u, ", Schedule type: %s", p->timestep_spacing);
+  if (r->tiny && u < n) /* "taesd", or the file / folder / repo name */
+    u += (size_t)snprintf(buf + u, n - u, ", VAE: %s", base_name(p->vae));
   if (r->n_loras && u < n) {
     u += (size_t)snprintf(buf + u, n - u, ", Lora: \"");
     for (int i = 0; i < r->n_loras && u < n; i++)
@@ -155,6 +157,16 @@ static cJSON *metadata(const gen_run *r, int index, const char *png_name) {
     cJSON_AddStringToObject(model, "name", display);
     cJSON_AddStringToObject(model, "path", r->model_path);
     cJSON_AddStringToObject(model, "type", r->model_type ? r->model_type : "?");
+  }
+  if (r->tiny) { /* the decoder, when not the model's own VAE */
+    cJSON *vae = cJSON_AddObjectToObject(o, "vae");
+    if (vae) {
+      cJSON_AddStringToObject(vae, "name", p->vae);
+      cJSON_AddStringToObject(vae, "path", r->vae_path);
+      cJSON_AddStringToObject(vae, "type", "tiny autoencoder (AutoencoderTiny)");
+    }
+  } else {
+    cJSON_AddNullToObject(o, "vae");
   }
   if (r->refiner_mode) {
     cJSON *ref = cJSON_AddObjectToObject(o, "refiner");

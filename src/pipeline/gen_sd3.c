@@ -25,6 +25,7 @@
 
 typedef struct sd3_plan_ctx {
   const sd_mmdit *m;
+  const gen_run *r; /* the tiny VAE and the previews */
   const sd_vae *vae;
   sd3_encoder_sizes enc[3]; /* CLIP-L, CLIP-G, T5 (zeros when left out) */
   int64_t transformer, vae_bytes;
@@ -83,18 +84,22 @@ static int estimate_sd3(void *user, int level, sd_plan *p, sd_error *err) {
                    ? sd_mmdit_streaming_resident_bytes(u->m, u->h, u->w)
                    : u->transformer + sd_adapter_merge_extra_bytes(u->lora, SD_LORA_TRANSFORMER);
   int64_t act = sd_mmdit_scratch_bytes(&u->m->cfg, B, u->h, u->w, tokens);
+  int64_t pw = 0, pa = gen_preview_bytes(u->r, u->h, u->w, &pw);
+  if (pa < 0) return sd_fail(err, SD_ERR_OOM, "out of memory while planning");
   if (level >= SD_PLAN_STREAMING) {
     int64_t rows = (int64_t)B * (u->h / u->m->cfg.patch) * (u->w / u->m->cfg.patch) + B * tokens;
     act += sd_adapter_side_scratch_bytes(u->lora, SD_LORA_TRANSFORMER, rows);
   }
-  sd_plan_add_stage(p, "denoise", tw, act + KERNEL_SCRATCH,
-                    cond + lat + 2 * (lat / u->n) * B);
+  if (act + KERNEL_SCRATCH > pa) pa = act + KERNEL_SCRATCH;
+  sd_plan_add_stage(p, "denoise", tw + pw, pa, cond + lat + 2 * (lat / u->n) * B);
   int mode = level >= SD_PLAN_VAE_TILING    ? SD_DECODE_TILED
              : level >= SD_PLAN_VAE_SLICING ? SD_DECODE_SLICED
                                             : SD_DECODE_BATCH;
-  int64_t dec_act = plan_decode(u->vae, u->n, u->h, u->w, mode);
+  const sd_taesd *tiny = u->r->tiny;
+  int64_t dec_act = tiny ? gen_plan_tiny(tiny, 0, u->n, u->h, u->w)
+                         : plan_decode(u->vae, u->n, u->h, u->w, mode);
   if (dec_act < 0) return sd_fail(err, SD_ERR_OOM, "out of memory while planning");
-  sd_plan_add_stage(p, "decode", u->vae_bytes,
+  sd_plan_add_stage(p, "decode", tiny ? sd_taesd_weight_bytes(tiny) : u->vae_bytes,
                     dec_act, lat + image);
   return SD_OK;
 }
@@ -107,6 +112,13 @@ typedef struct step_relay {
 static int relay_progress(int step, int steps, void *user) {
   step_relay *s = user;
   return gen_progress(s->offset + step, s->total, s->r);
+}
+
+/* Previews of the flow loop's denoised estimate x - sigma v. */
+static int relay_prediction(int i, const float *v, const float *x, void *user) {
+  step_relay *s = user;
+  return gen_preview(s->r, s->r->pv.sched, i, s->offset + i + 1, s->total, v, x, s->r->pv.h,
+                     s->r->pv.w);
 }
 
 int gen_base_sd3(gen_run *r) {
@@ -167,7 +179,7 @@ int gen_base_sd3(gen_run *r) {
   int no_t5 = p->no_t5;
 
   /* Memory plan. */
-  sd3_plan_ctx u = {.m = m, .vae = vae, .transformer = (int64_t)sd_weights_total_bytes(mods.transformer_weights),
+  sd3_plan_ctx u = {.m = m, .r = r, .vae = vae, .transformer = (int64_t)sd_weights_total_bytes(mods.transformer_weights),
                     .vae_bytes = (int64_t)sd_weights_total_bytes(mods.vae_weights), .n = n, .h = h, .w = w,
                     .guidance = guidance, .no_t5 = no_t5, .lora = lora};
   for (int i = 0; i < 3 && !rc; i++)
@@ -289,8 +301,13 @@ int gen_base_sd3(gen_run *r) {
       float sigma = sd_scheduler_init_noise_sigma(sched);
       for (int64_t i = 0; i < per; i++) lat[per * b + i] *= sigma;
       step_relay relay = {r, b * r->steps, n * r->steps};
-      rc = sd3_denoise(m, sched, lat + per * b, h, w, embeds, pooled, tokens, r->cfg, 0,
-                       relay_progress, &relay, r->err);
+      r->pv.sched = sched;
+      r->pv.h = h;
+      r->pv.w = w;
+      int pv = r->preview && p->preview_every > 0 && p->on_preview;
+      rc = sd3_denoise_ex(m, sched, lat + per * b, h, w, embeds, pooled, tokens, r->cfg, 0,
+                          relay_progress, &relay, pv ? relay_prediction : NULL, &relay,
+                          r->err);
     }
     if (!rc) rc = gen_guard_check(r, &g, lat, per * n);
   } while (!rc && g.rerun);
@@ -320,7 +337,8 @@ int gen_base_sd3(gen_run *r) {
                                                     : SD_DECODE_BATCH;
   gen_guard_begin(&g, "decode");
   do {
-    rc = sd_decode_latents(vae, lat, n, h, w, mode, r->images, r->err);
+    rc = r->tiny ? sd_decode_latents_tiny(r->tiny, lat, n, h, w, r->images, r->err)
+                 : sd_decode_latents(vae, lat, n, h, w, mode, r->images, r->err);
     if (!rc) rc = gen_guard_check(r, &g, r->images, (int64_t)n * 3 * H * W);
   } while (!rc && g.rerun);
   gen_guard_end(&g);

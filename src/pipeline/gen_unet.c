@@ -76,12 +76,14 @@ static int decode_mode(const sd_plan *pl) {
 static int decode(gen_run *r, const sd_plan *pl, const char *stage, const sd_vae *vae,
                   const float *lat, int n, int h, int w, float *img) {
   double t = sd_now();
-  int64_t total = (int64_t)n * 3 * h * w * sd_vae_downscale(vae) * sd_vae_downscale(vae);
+  int f = r->tiny ? sd_taesd_get_config(r->tiny)->decoder_factor : sd_vae_downscale(vae);
+  int64_t total = (int64_t)n * 3 * h * w * f * f;
   gen_guard g;
   gen_guard_begin(&g, stage);
   int rc;
   do {
-    rc = sd_decode_latents(vae, lat, n, h, w, decode_mode(pl), img, r->err);
+    rc = r->tiny ? sd_decode_latents_tiny(r->tiny, lat, n, h, w, img, r->err)
+                 : sd_decode_latents(vae, lat, n, h, w, decode_mode(pl), img, r->err);
     if (!rc) rc = gen_guard_check(r, &g, img, total);
   } while (!rc && g.rerun);
   gen_guard_end(&g);
@@ -93,6 +95,7 @@ static int decode(gen_run *r, const sd_plan *pl, const char *stage, const sd_vae
 
 typedef struct unet_plan_ctx {
   sd_unet_model *m;
+  const gen_run *r; /* the tiny VAE (r->tiny) and the previews */
   int n, h, w, guidance;
   int img2img; /* the stage VAE-encodes an image (init image, refiner image mode) */
   int handoff; /* the stage continues from handed-off latents (refiner latent mode) */
@@ -182,6 +185,7 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
   int64_t te = u->te_bytes + (merged ? u->te_merge : u->te_side);
   int64_t unet = u->unet_bytes + (merged ? u->unet_merge : u->unet_side);
   int64_t dec = u->dec_bytes, enc = u->enc_bytes;
+  const sd_taesd *tiny = u->r ? u->r->tiny : NULL;
   int keep_te = level == SD_PLAN_RESIDENT;
   int ctx_dim = (m->te1 ? m->te1->cfg.hidden : 0) + (m->te2 && m->family != SD_MODEL_SD1
                                                           ? m->te2->cfg.hidden : 0);
@@ -210,7 +214,9 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
   int64_t enc_peak = 0, act, dec_act;
   if (u->img2img) {
     int one = level >= SD_PLAN_VAE_SLICING;
-    if (!u->enc_act[one]) u->enc_act[one] = plan_vae_decode(m->vae, one ? 1 : n, h, w, 0);
+    if (!u->enc_act[one])
+      u->enc_act[one] = tiny ? gen_plan_tiny(tiny, 1, one ? 1 : n, h, w)
+                             : plan_vae_decode(m->vae, one ? 1 : n, h, w, 0);
     enc_peak = u->enc_act[one];
     if (enc_peak < 0) goto oom;
     sd_plan_add_stage(p, "vae encode", held + enc, enc_peak, cond + lat + side);
@@ -222,10 +228,15 @@ static int estimate_unet(void *user, int level, sd_plan *p, sd_error *err) {
     u->unet_act[seq] = plan_unet_forward(m, Bd, h, w, ctx_len, ctx_dim, pooled, n_ids);
   act = u->unet_act[seq];
   if (act < 0) goto oom;
-  sd_plan_add_stage(p, "denoise", held + unet_w, act,
+  /* previews decode between two steps: the UNet's activations are gone,
+   * its weights stay */
+  int64_t pw = 0, pa = u->r ? gen_preview_bytes(u->r, h, w, &pw) : 0;
+  if (pa < 0) goto oom;
+  sd_plan_add_stage(p, "denoise", held + unet_w + pw, act > pa ? act : pa,
                     cond + lat + side + 2 * (lat / n) * Bd);
   int mode = decode_mode(p);
-  if (!u->dec_act[mode]) u->dec_act[mode] = plan_vae_decode(m->vae, n, h, w, mode);
+  if (!u->dec_act[mode])
+    u->dec_act[mode] = tiny ? gen_plan_tiny(tiny, 0, n, h, w) : plan_vae_decode(m->vae, n, h, w, mode);
   dec_act = u->dec_act[mode];
   if (dec_act < 0) goto oom;
   sd_plan_add_stage(p, "decode", held + dec + (level == SD_PLAN_RESIDENT ? unet : 0),
@@ -245,6 +256,9 @@ static int choose_plan(gen_run *r, sd_unet_model *m, unet_plan_ctx *u, int min_l
   u->unet_bytes = (int64_t)sd_weights_total_bytes(m->w_unet);
   u->dec_bytes = prefix_bytes(m->w_vae, "decoder.") + prefix_bytes(m->w_vae, "post_quant_conv.");
   u->enc_bytes = prefix_bytes(m->w_vae, "encoder.") + prefix_bytes(m->w_vae, "quant_conv.");
+  if (r->tiny) /* the tiny VAE replaces both halves */
+    u->dec_bytes = u->enc_bytes = sd_taesd_weight_bytes(r->tiny);
+  u->r = r;
   u->te_merge = sd_adapter_merge_extra_bytes(m->adapter, SD_LORA_TE1) +
                 sd_adapter_merge_extra_bytes(m->adapter, SD_LORA_TE2);
   u->unet_merge = sd_adapter_merge_extra_bytes(m->adapter, SD_LORA_UNET);
@@ -383,6 +397,27 @@ static int denoise_sequential(gen_run *r, const sd_unet_model *m, sd_scheduler *
   return rc;
 }
 
+/* Previews: the denoised estimate of each step (gen_preview decides
+ * which steps are shown). */
+static int unet_prediction(int i, const float *mo, const float *x, void *user) {
+  gen_run *r = user;
+  return gen_preview(r, r->pv.sched, i, i - r->pv.begin + 1, r->pv.total - r->pv.begin, mo, x,
+                     r->pv.h, r->pv.w);
+}
+
+static void preview_hook(gen_run *r, sd_denoise_options *o, const sd_scheduler *sched, int h,
+                         int w) {
+  if (!r->preview || r->p->preview_every <= 0 || !r->p->on_preview) return;
+  int total = sd_scheduler_num_steps(sched);
+  if (o->end_index > 0 && o->end_index < total) total = o->end_index;
+  r->pv.sched = sched;
+  r->pv.begin = o->begin_index;
+  r->pv.total = total;
+  r->pv.h = h;
+  r->pv.w = w;
+  o->on_prediction = unet_prediction;
+}
+
 /* Where a denoise starts: pure noise (txt2img), an image to VAE-encode and
  * noise to `begin` (img2img, refiner image mode), or latents handed off by
  * the base (refiner latent mode). */
@@ -401,7 +436,8 @@ static int start_latents(gen_run *r, const sd_unet_model *m, sd_scheduler *sched
   if (in->start) {
     memcpy(lat, in->start, sizeof(float) * N);
   } else if (in->image) {
-    int rc = sd_encode_image(m->vae, in->image, n, h * f, w * f, rng, lat, r->err);
+    int rc = r->tiny ? sd_encode_image_tiny(r->tiny, in->image, n, h * f, w * f, lat, r->err)
+                     : sd_encode_image(m->vae, in->image, n, h * f, w * f, rng, lat, r->err);
     if (rc) return rc;
     sd_rng_randn(rng, in->noise, N);
     sd_scheduler_add_noise(sched, begin, lat, in->noise, N);
@@ -553,6 +589,7 @@ int gen_base_unet(gen_run *r) {
   if (p->refiner_switch > 0) /* the refiner takes over the low-noise end */
     dopt.end_index = sd_denoising_split_index(
         sched, p->refiner_switch, sd_json_int(m->scheduler_config, "num_train_timesteps", 1000));
+  preview_hook(r, &dopt, sched, h, w);
   double t0 = sd_now();
   rc = denoise_stage(r, m, sched, &cond, &dopt, r->steps, &in, lat, n, h, w, "denoise");
   if (rc) goto done;
@@ -662,6 +699,7 @@ int gen_refine(gen_run *r) {
   }
   sd_denoise_options dopt = {.guidance_scale = cfg, .steps = steps, .begin_index = begin,
                              .on_step = gen_progress, .user = r};
+  preview_hook(r, &dopt, sched, h, w);
   if ((rc = denoise_stage(r, m, sched, &cond, &dopt, steps, &in, lat, n, h, w,
                           "refiner-denoise")))
     goto done;

@@ -112,18 +112,24 @@ static int check_stage_steps(const sdgen_params *p, sd_error *err) {
   return SD_OK;
 }
 
-/* Every LoRA of the run (params->loras and the prompt's <lora:> tags):
- * resolved, opened (structure only) and checked against the model's family. */
-static int check_loras(const sdgen_params *p, const char *model_path, sd_error *err) {
-  if (p->n_loras == 0 && !strstr(p->prompt, "<lora:")) return SD_OK;
+/* The files the run opens by name: every LoRA (params->loras and the
+ * prompt's <lora:> tags: resolved, opened for their structure, checked
+ * against the model's family) and the tiny VAE (opened, latent channels
+ * checked). */
+static int check_run_files(const sdgen_params *p, const char *model_path, sd_error *err) {
+  if (p->n_loras == 0 && !strstr(p->prompt, "<lora:") && !p->vae) return SD_OK;
   gen_run *r = sd_calloc(1, sizeof *r); /* large (LoRA paths): not on the stack */
   if (!r) return sd_fail(err, SD_ERR_OOM, "out of memory");
   r->p = p;
   r->err = err;
+  sd_monitor_init(&r->mon, NULL, NULL);
+  snprintf(r->model_path, sizeof r->model_path, "%s", model_path);
   const char *family;
   int rc = gen_resolve_loras(r);
   if (!rc && r->n_loras && !(rc = gen_model_family(model_path, &family, err)))
     rc = gen_check_loras(r, family);
+  if (!rc && p->vae) rc = gen_open_vaes(r);
+  gen_free_vaes(r);
   gen_free_loras(r);
   sd_free(r);
   return rc;
@@ -154,8 +160,8 @@ int gen_validate_inputs(const sdgen_params *p, const char *model_path, char *ref
     sd_weights_free(w);
     sd_pth_free(pth);
   }
-  if ((rc = check_loras(p, model_path, err))) return rc;
-  /* Further checks of files a run needs (tiny VAEs ...) go here: before
-   * this returns, no weight has been read. */
+  if ((rc = check_run_files(p, model_path, err))) return rc;
+  /* Further checks of files a run needs go here: before this returns, no
+   * model weight has been read. */
   return SD_OK;
 }

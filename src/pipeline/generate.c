@@ -116,6 +116,9 @@ int sd_validate_params(const sdgen_params *p, sd_error *err) {
     return sd_fail(err, SD_ERR_ARG, "refiner steps must be between 1 and 10000");
   if (p->refiner_switch > 0.0f && !p->refiner)
     return sd_fail(err, SD_ERR_ARG, "--refiner-switch needs --refiner");
+  if (p->vae && !p->vae[0]) return sd_fail(err, SD_ERR_ARG, "empty VAE name");
+  if (p->preview_every < 0)
+    return sd_fail(err, SD_ERR_ARG, "preview interval must be >= 0 (got %d)", p->preview_every);
   if (p->refiner_switch < 0.0f || p->refiner_switch >= 1.0f)
     return sd_fail(err, SD_ERR_ARG, "refiner switch must be in (0, 1) (got %g)",
                    p->refiner_switch);
@@ -320,13 +323,12 @@ static int run_model(sdgen_ctx *ctx, sdgen_model *model, const sdgen_params *p,
   int rc = sd_validate_params(p, err);
   if (rc) return rc;
   snprintf(r.model_path, sizeof r.model_path, "%s", model->path);
+  /* this run's LoRA files, its prompt without tags, its tiny VAEs */
   if ((rc = gen_validate_inputs(p, r.model_path, r.refiner_path, sizeof r.refiner_path, err)) ||
-      (rc = gen_resolve_loras(&r))) { /* this run's LoRA files and its prompt without tags */
+      (rc = gen_resolve_loras(&r)) || (rc = gen_open_vaes(&r)) ||
+      (!p->output_in_memory && (rc = sd_prepare_output_dir(p->output_dir, err)))) {
     gen_free_loras(&r);
-    return rc;
-  }
-  if (!p->output_in_memory && (rc = sd_prepare_output_dir(p->output_dir, err))) {
-    gen_free_loras(&r);
+    gen_free_vaes(&r);
     return rc;
   }
   if (p->threads > 0) sd_set_threads(p->threads);
@@ -398,6 +400,7 @@ fail:
   }
 done:
   gen_free_loras(&r);
+  gen_free_vaes(&r);
   sd_free(r.images);
   sd_free(r.handoff);
   for (int b = 0; r.final && b < r.n; b++) sd_image_free(&r.final[b]);

@@ -90,6 +90,16 @@ typedef struct gen_run {
   int n_loras;
   char *prompt;          /* the prompt without its LoRA tags (encoded) */
   const char *lora_mode; /* "merged" / "side path", NULL without LoRAs */
+  /* params->vae: the tiny autoencoder decoding (and img2img-encoding) in
+   * place of the model's VAE, NULL when the model's own VAE is used;
+   * preview: the tiny VAE of the previews (== tiny, or the family's taesd
+   * from the cache, or NULL: no previews) */
+  struct sd_taesd *tiny, *preview;
+  char vae_path[4096];
+  struct { /* the loop being previewed */
+    const sd_scheduler *sched;
+    int begin, total, h, w;
+  } pv;
 } gen_run;
 
 /* Fills r->loras (resolved files) and r->prompt. */
@@ -98,6 +108,22 @@ int gen_resolve_loras(gen_run *r);
  * family than `family` ("sd1", "sdxl", ..., "" unknown). */
 int gen_check_loras(gen_run *r, const char *family);
 void gen_free_loras(gen_run *r);
+
+/* Opens params->vae and the preview VAE (gen_vae.c) before any model is
+ * loaded: a missing file or a tiny VAE of the wrong latent channels is an
+ * error here; no tiny VAE for previews is one warning. */
+int gen_open_vaes(gen_run *r);
+void gen_free_vaes(gen_run *r);
+/* Activation peak of a tiny-VAE decode (encode = 0) or encode of n images
+ * with h x w latents, measured in plan mode; -1 on failure. */
+int64_t gen_plan_tiny(const struct sd_taesd *t, int encode, int n, int h, int w);
+/* What a preview adds to the denoise stage: activations (returned) and
+ * weights (*weights, 0 when the preview VAE is the run's VAE). */
+int64_t gen_preview_bytes(const gen_run *r, int h, int w, int64_t *weights);
+/* Every preview_every steps (and at the last): decodes the first image's
+ * denoised estimate with the preview VAE and hands it to on_preview. */
+int gen_preview(gen_run *r, const sd_scheduler *s, int i, int step, int total,
+                const float *model_output, const float *sample, int h, int w);
 
 /* Stage: the base image(s) from a UNet-family model (SD 1.x/2.x, SDXL). */
 int gen_base_unet(gen_run *r);

@@ -336,6 +336,14 @@ int sd3_denoise(const sd_mmdit *m, sd_scheduler *s, float *latents, int H,
                 int W, const float *embeds, const float *pooled, int tokens,
                 float guidance, int kv_chunk, sd3_progress_fn progress,
                 void *user, sd_error *err) {
+  return sd3_denoise_ex(m, s, latents, H, W, embeds, pooled, tokens, guidance, kv_chunk,
+                        progress, user, NULL, NULL, err);
+}
+
+int sd3_denoise_ex(const sd_mmdit *m, sd_scheduler *s, float *latents, int H,
+                   int W, const float *embeds, const float *pooled, int tokens,
+                   float guidance, int kv_chunk, sd3_progress_fn progress,
+                   void *user, sd3_prediction_fn pred, void *pred_user, sd_error *err) {
   const sd_mmdit_config *c = sd_mmdit_get_config(m);
   const int cfg = guidance > 1.0f, B = cfg ? 2 : 1;
   const int64_t n = (int64_t)c->in_channels * H * W;
@@ -361,6 +369,7 @@ int sd3_denoise(const sd_mmdit *m, sd_scheduler *s, float *latents, int H,
       const float *u = v, *cc = v + n;
       for (int64_t j = 0; j < n; j++) v[j] = u[j] + guidance * (cc[j] - u[j]);
     }
+    if (pred && (rc = pred(i, v, latents, pred_user))) break;
     if ((rc = sd_scheduler_step(s, i, v, latents, n, NULL, err))) break;
     if (progress && progress(i + 1, steps, user))
       rc = sd_fail(err, SD_ERR_CANCELLED, "cancelled at step %d of %d", i + 1, steps);

@@ -158,6 +158,16 @@ int sd3_denoise(const sd_mmdit *m, sd_scheduler *s, float *latents, int H,
                 int W, const float *embeds, const float *pooled, int tokens,
                 float guidance, int kv_chunk, sd3_progress_fn progress,
                 void *user, sd_error *err);
+/* The same with a preview hook: pred(i, v, latents, user) after CFG and
+ * before each scheduler step (nonzero return stops with that code). */
+typedef int (*sd3_prediction_fn)(int i, const float *model_output, const float *sample,
+                                 void *user);
+int sd3_denoise_ex(const sd_mmdit *m, sd_scheduler *s, float *latents, int H,
+                int W, const float *embeds, const float *pooled, int tokens,
+                float guidance, int kv_chunk, sd3_progress_fn progress,
+                void *user, sd3_prediction_fn pred,
+                   void *pred_user, sd_error *err);
+
 
 /* image01 (B, 3, 8H, 8W) = clamp(decode(latents / scaling + shift) / 2 +
  * 0.5, 0, 1); decoder_input (B, C, H, W) may be NULL or receives the scaled

@@ -434,6 +434,7 @@ int sd_denoise(const sd_unet_model *m, sd_scheduler *sched, const sd_conditionin
       float g = o->guidance_scale;
       for (int64_t k = 0; k < N; k++) eps[k] = eps[k] + g * (eps[N + k] - eps[k]);
     }
+    if (o->on_prediction && (rc = o->on_prediction(i, eps, latents, o->user))) goto done;
     if ((rc = sd_scheduler_step(sched, i, eps, latents, N, rng, err))) goto done;
     if (o->on_step && o->on_step(i - o->begin_index + 1, total - o->begin_index, o->user)) {
       rc = sd_fail(err, SD_ERR_CANCELLED, "cancelled");
@@ -477,6 +478,36 @@ int sd_decode_latents(const sd_vae *vae, const float *latents, int n, int h, int
       rc = sd_vae_decode(vae, z, cnt, h, w, image + img_per * b, err);
   }
   sd_free(z);
+  return rc;
+}
+
+int sd_decode_latents_tiny(const sd_taesd *t, const float *latents, int n, int h, int w,
+                           float *image, sd_error *err) {
+  const sd_taesd_config *c = sd_taesd_get_config(t);
+  int64_t per = (int64_t)c->latent_channels * h * w;
+  float *z = sd_alloc(sizeof(float) * per);
+  if (!z) return sd_fail(err, SD_ERR_OOM, "out of memory decoding");
+  int64_t img_per = 3LL * h * c->decoder_factor * w * c->decoder_factor;
+  int rc = SD_OK;
+  for (int b = 0; b < n && !rc; b++) {
+    if (!sd_plan_active())
+      for (int64_t i = 0; i < per; i++)
+        z[i] = latents[per * b + i] / c->scaling_factor + c->shift_factor;
+    rc = sd_taesd_decode(t, z, 1, h, w, image + img_per * b, err);
+  }
+  sd_free(z);
+  return rc;
+}
+
+int sd_encode_image_tiny(const sd_taesd *t, const float *image, int n, int H, int W,
+                         float *latents, sd_error *err) {
+  const sd_taesd_config *c = sd_taesd_get_config(t);
+  int f = c->encoder_factor;
+  int64_t per = (int64_t)c->latent_channels * ((H + f - 1) / f) * ((W + f - 1) / f);
+  int rc = sd_taesd_encode(t, image, n, H, W, latents, err);
+  if (!rc && !sd_plan_active())
+    for (int64_t i = 0; i < per * n; i++)
+      latents[i] = c->scaling_factor * (latents[i] - c->shift_factor);
   return rc;
 }
 

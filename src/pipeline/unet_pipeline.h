@@ -13,6 +13,7 @@
 #include "io/lora.h"
 #include "io/safetensors.h"
 #include "models/clip_text.h"
+#include "models/taesd.h"
 #include "models/unet.h"
 #include "models/vae.h"
 #include "sample/rng.h"
@@ -107,6 +108,11 @@ typedef struct sd_denoise_options {
   const float *timestep_cond;
   sd_step_cb on_step;
   void *user;
+  /* previews: called at each loop index i with the model output (after
+   * CFG) and the sample it was computed on, (n, C, h, w) each, before the
+   * scheduler step; nonzero return stops the loop with that code. NULL:
+   * none. */
+  int (*on_prediction)(int i, const float *model_output, const float *sample, void *user);
 } sd_denoise_options;
 
 /* Runs the loop in place on latents (n, C, h, w), already multiplied by
@@ -124,6 +130,16 @@ enum { SD_DECODE_BATCH = 0, SD_DECODE_SLICED = 1, SD_DECODE_TILED = 2 };
  * image at a time in blended tiles (VAE tiling, diffusers' defaults). */
 int sd_decode_latents(const sd_vae *vae, const float *latents, int n, int h, int w,
                       int mode, float *image, sd_error *err);
+
+/* The same with a tiny autoencoder (TAESD): it decodes the latents the
+ * diffusion model sees (latents / scaling_factor + shift_factor, 1.0 / 0.0
+ * in every release), one image at a time. */
+int sd_decode_latents_tiny(const sd_taesd *t, const float *latents, int n, int h, int w,
+                           float *image, sd_error *err);
+/* img2img with a tiny autoencoder: latents = scaling_factor * (encoder(image)
+ * - shift_factor); deterministic (no distribution, no draw from the rng). */
+int sd_encode_image_tiny(const sd_taesd *t, const float *image, int n, int H, int W,
+                         float *latents, sd_error *err);
 
 /* img2img: init latents = scaling * (mean + std * noise) with noise drawn
  * from rng (as latent_dist.sample does); image (n, 3, H, W) in [-1, 1]. */

@@ -1372,3 +1372,32 @@ cJSON *sd_scheduler_resolved_config(const sd_scheduler *s) {
   }
   return o;
 }
+
+/* ---- denoised estimate (previews) ---- */
+
+void sd_scheduler_predict_x0(const sd_scheduler *s, int i, const float *model_output,
+                             const float *sample, float *x0, int64_t n) {
+  double t = sd_scheduler_timestep(s, i);
+  if (s->prediction == PRED_FLOW) { /* x = (1 - sigma) x0 + sigma noise, v = noise - x0 */
+    float sigma = (float)(t / s->num_train);
+    for (int64_t j = 0; j < n; j++) x0[j] = sample[j] - sigma * model_output[j];
+    return;
+  }
+  /* alphas_cumprod at t (linear between the integer timesteps around it) */
+  int64_t lo = (int64_t)floor(t);
+  if (lo < 0) lo = 0;
+  if (lo > s->num_train - 1) lo = s->num_train - 1;
+  int64_t hi = lo + 1 < s->num_train ? lo + 1 : lo;
+  double fr = t - (double)lo, a = (1 - fr) * alpha_at(s, lo) + fr * alpha_at(s, hi);
+  double sa = sqrt(a), sb = sqrt(1 - a);
+  /* Euler-type samplers keep x / sqrt(a) (sigma space): back to x_t */
+  int sigma_space = s->kind == SD_SAMPLER_EULER || s->kind == SD_SAMPLER_EULER_A;
+  float in_scale = sigma_space ? (float)sa : 1.0f;
+  for (int64_t j = 0; j < n; j++) {
+    double x = sample[j] * in_scale, m = model_output[j];
+    double v = s->prediction == PRED_EPSILON ? (x - sb * m) / sa
+               : s->prediction == PRED_V     ? sa * x - sb * m
+                                             : m;
+    x0[j] = (float)v;
+  }
+}

@@ -113,4 +113,12 @@ cJSON *sd_scheduler_resolved_config(const sd_scheduler *s);
  * 3 flow. */
 int sd_scheduler_prediction_type(const sd_scheduler *s);
 
+/* The denoised estimate (x0 prediction) at loop index i from the model
+ * output (after CFG) and the sample it was computed on, for previews:
+ * epsilon / v / sample prediction through alphas_cumprod at timesteps[i]
+ * (Euler samplers' sigma-space samples scaled back first); flow matching
+ * x0 = x - sigma v. n floats each. */
+void sd_scheduler_predict_x0(const sd_scheduler *s, int i, const float *model_output,
+                             const float *sample, float *x0, int64_t n);
+
 #endif

@@ -92,6 +92,11 @@ if "$GEN" --help | grep -q -- "--lora"; then
   meta "$T/lcm_lora" "m['sampler']=='lcm'" "m['steps']==4" "m['cfg']==1" && ok ||
     bad "lcm_lora metadata"
   golden_run lcm_lora_xl sdxl-lora txt2img_lcm_lora --quality lcm --model "$FIX/sdxl" --offline
+  # the same from the single files (the LoRA names the diffusers / SGM modules)
+  golden_run lcm_lora_single sd15-lora txt2img_lcm_lora --quality lcm --offline \
+    --model "$FIX/sd15.safetensors" --config "$FIX/sd15" --tokenizers "$FIX/tokenizers"
+  golden_run lcm_lora_xl_single sdxl-lora txt2img_lcm_lora --quality lcm --offline \
+    --model "$FIX/sdxl.safetensors" --config "$FIX/sdxl" --tokenizers "$FIX/tokenizers"
 else
   echo "SKIP lcm preset with LCM-LoRA: this build has no LoRA support (--lora)"
 fi

@@ -77,12 +77,22 @@ static void run_case(conf_ctx *c, const char *model, const char *golden_dir, con
   sd_unet_model *m = NULL;
   sd_scheduler *sched = NULL;
   sd_rng *rng = NULL;
+  sd_taesd *tiny = NULL;
   sd_conditioning cond = {0};
   float *lat = NULL, *img = NULL, *x = NULL, *tcond = NULL;
   snprintf(p, sizeof p, "%s/%s", golden_dir, sd_json_str(kase, "file", "pipeline.safetensors"));
   if (sd_weights_open(&g, p, &err)) goto fail;
   char folder[4096];
-  snprintf(folder, sizeof folder, "%s/%s", c->fixtures, sd_json_str(root, "model_folder", model));
+  /* model_folder: the case's own model; vae_folder: its VAE replaced by
+   * that AutoencoderTiny (decode, and img2img's encode) */
+  snprintf(folder, sizeof folder, "%s/%s", c->fixtures,
+           sd_json_str(kase, "model_folder", sd_json_str(root, "model_folder", model)));
+  const char *vae_folder = sd_json_str(kase, "vae_folder", NULL);
+  if (vae_folder) {
+    snprintf(p, sizeof p, "%s/%s", c->fixtures, vae_folder);
+    if (sd_taesd_open(&tiny, p, SD_TAESD_DECODER | (img2img ? SD_TAESD_ENCODER : 0), &err))
+      goto fail;
+  }
   sd_load_options lo = {.path = folder, .loras = loras, .n_loras = n_loras};
   if (sd_unet_model_load(&m, &lo, &err)) goto fail;
   if (!side_path && sd_unet_model_merge_loras(m, &err)) goto fail;
@@ -141,7 +151,7 @@ static void run_case(conf_ctx *c, const char *model, const char *golden_dir, con
                       sd_weights_get(g, tensor_name(kase, "intermediates", "w_embedding")),
                       TOL_EMBEDS);
   }
-  int f = sd_vae_downscale(m->vae), C = sd_unet_get_config(m->unet)->in_channels;
+  int f = tiny ? sd_taesd_get_config(tiny)->decoder_factor : sd_vae_downscale(m->vae), C = sd_unet_get_config(m->unet)->in_channels;
   int h = H / f, w = W / f;
   int64_t N = (int64_t)n * C * h * w;
   lat = sd_alloc(sizeof(float) * N);
@@ -169,7 +179,9 @@ static void run_case(conf_ctx *c, const char *model, const char *golden_dir, con
               2.0f * ((float)px[((int64_t)b * H * W + i) * 3 + ch] / 255.0f) - 1.0f;
     rng = sd_rng_new(SD_RNG_CPU, (uint64_t)sd_json_num(params, "generator_seed", 0));
     if (!rng) goto oom;
-    if (sd_encode_image(m->vae, x, n, H, W, rng, lat, &err)) goto fail;
+    if (tiny ? sd_encode_image_tiny(tiny, x, n, H, W, lat, &err)
+             : sd_encode_image(m->vae, x, n, H, W, rng, lat, &err))
+      goto fail;
     snprintf(cid, sizeof cid, "%s.init_latents", id);
     conf_check_tensor(c, cid, lat, N,
                       sd_weights_get(g, tensor_name(kase, "intermediates", "init_latents")),
@@ -191,7 +203,9 @@ static void run_case(conf_ctx *c, const char *model, const char *golden_dir, con
   snprintf(cid, sizeof cid, "%s.final_latents", id);
   conf_check_tensor(c, cid, lat, N, sd_weights_get(g, tensor_name(kase, "outputs", "final_latents")),
                     TOL_E2E);
-  if (sd_decode_latents(m->vae, lat, n, h, w, 0, img, &err)) goto fail;
+  if (tiny ? sd_decode_latents_tiny(tiny, lat, n, h, w, img, &err)
+           : sd_decode_latents(m->vae, lat, n, h, w, 0, img, &err))
+    goto fail;
   int64_t in = (int64_t)n * 3 * H * W;
   for (int64_t i = 0; i < in; i++) {
     float v = img[i] / 2.0f + 0.5f;
@@ -216,6 +230,7 @@ done:
   sd_rng_free(rng);
   sd_scheduler_free(sched);
   sd_unet_model_free(m);
+  sd_taesd_free(tiny);
   sd_weights_free(g);
 }
 

@@ -7,6 +7,7 @@
 
 #include "base/alloc.h"
 #include "conformance.h"
+#include "io/checkpoint_map.h"
 #include "io/json.h"
 #include "io/lora.h"
 #include "io/model_dir.h"
@@ -59,13 +60,37 @@ static const char *io_name(const cJSON *kase, const char *group, const char *key
 typedef struct source {
   const char *label; /* "sd15" or "sd15.safetensors" */
   char folder[4096];
+  const char *single; /* the single file (configs still from `folder`), or NULL */
 } source;
 
 static int open_component(const source *s, const char *component, sd_weights **w,
                           cJSON **cfg, sd_error *err) {
   char dir[4200];
   sd_path_join(dir, sizeof dir, s->folder, component);
-  return sd_component_open(dir, 0, w, cfg, err);
+  if (!s->single) return sd_component_open(dir, 0, w, cfg, err);
+  /* the single file's tensors mapped to this component's diffusers names */
+  static const char *const comps[] = {"unet", "vae", "text_encoder", "text_encoder_2"};
+  sd_weights *file = NULL, *sets[4] = {0};
+  sd_checkpoint_info info;
+  *w = NULL;
+  *cfg = NULL;
+  int rc = sd_weights_open(&file, s->single, err);
+  if (!rc) rc = sd_checkpoint_map(file, &info, &sets[0], &sets[1], &sets[2], &sets[3], err);
+  sd_weights_free(file);
+  for (int i = 0; i < 4; i++) {
+    if (!rc && !*w && strcmp(comps[i], component) == 0 && sets[i])
+      *w = sets[i];
+    else
+      sd_weights_free(sets[i]);
+  }
+  if (!rc && !*w) rc = sd_fail(err, SD_ERR_FORMAT, "%s has no %s", s->single, component);
+  char cp[4300];
+  sd_path_join(cp, sizeof cp, dir, "config.json");
+  if (!rc && (rc = sd_json_read_file(cp, cfg, err))) {
+    sd_weights_free(*w);
+    *w = NULL;
+  }
+  return rc;
 }
 
 /* How a case's "lora" list is applied: none, merged, side path. */
@@ -350,10 +375,17 @@ done:
 
 void conf_suite_unet_family(conf_ctx *c, const char *model, const char *golden_dir,
                             const cJSON *root) {
-  source folder = {model, ""};
+  source folder = {model, "", NULL};
   char p[4096];
   snprintf(folder.folder, sizeof folder.folder, "%s/%s", c->fixtures,
            sd_json_str(root, "model_folder", model));
+  /* components are checked on the single file too where there is one */
+  char single_path[4200];
+  const char *sf = sd_json_str(root, "single_file", NULL);
+  source single = folder;
+  snprintf(single_path, sizeof single_path, "%s/%s", c->fixtures, sf ? sf : "");
+  single.label = sf;
+  single.single = sf ? single_path : NULL;
   const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases");
   /* Golden files are opened once per kind. */
   const cJSON *kase;
@@ -382,19 +414,22 @@ void conf_suite_unet_family(conf_ctx *c, const char *model, const char *golden_d
     }
     /* a LoRA case runs twice: merged, and through the side path */
     int lora = cJSON_GetObjectItemCaseSensitive(kase, "lora") != NULL;
-    char sid[540];
+    char sid[540], fid[560];
     snprintf(sid, sizeof sid, "%s[lora side path]", id);
+    snprintf(fid, sizeof fid, "%s[%s]", id, sf ? sf : "");
+    int lmode = lora ? LORA_MERGED : LORA_NONE;
     if (strcmp(kind, "text_encoder") == 0) {
-      check_text_encoder(c, &folder, g, kase, id, lora ? LORA_MERGED : LORA_NONE);
+      check_text_encoder(c, &folder, g, kase, id, lmode);
       if (lora) check_text_encoder(c, &folder, g, kase, sid, LORA_SIDE);
+      if (sf) check_text_encoder(c, &single, g, kase, fid, lmode);
     } else if (strcmp(kind, "unet") == 0) {
-      check_unet(c, &folder, g, kase, id, lora ? LORA_MERGED : LORA_NONE);
+      check_unet(c, &folder, g, kase, id, lmode);
       if (lora) check_unet(c, &folder, g, kase, sid, LORA_SIDE);
+      if (sf) check_unet(c, &single, g, kase, fid, lmode);
+    } else if (strcmp(kind, "vae_decode") == 0 || strcmp(kind, "vae_encode") == 0) {
+      check_vae(c, &folder, g, kase, id, !strcmp(kind, "vae_encode"));
+      if (sf) check_vae(c, &single, g, kase, fid, !strcmp(kind, "vae_encode"));
     }
-    else if (strcmp(kind, "vae_decode") == 0)
-      check_vae(c, &folder, g, kase, id, 0);
-    else if (strcmp(kind, "vae_encode") == 0)
-      check_vae(c, &folder, g, kase, id, 1);
     else if (strcmp(kind, "taesd_decode") == 0 || strcmp(kind, "taesd_encode") == 0)
       conf_taesd_case(c, folder.folder, g, kase, id);
     else

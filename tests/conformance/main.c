@@ -43,6 +43,8 @@ static const char *const conf_features[] = {
     "timestep_cond",      /* unet cases: LCM guidance embedding */
     "lcm_pipeline",       /* kind lcm_txt2img */
     "scheduler_override", /* txt2img: params.scheduler_class + from_config_overrides */
+    "model_folder",       /* txt2img / img2img: the case's own model folder */
+    "vae_folder",         /* txt2img / img2img: an AutoencoderTiny as the VAE */
     "taesd",              /* kinds taesd_decode / taesd_encode, both file formats */
     "lora", /* text_encoder, unet, txt2img: the case's LoRA list, merged and side path */
     NULL,
