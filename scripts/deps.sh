@@ -4,6 +4,10 @@ set -euo pipefail
 if command -v apt-get >/dev/null 2>&1; then
   pkgs="build-essential cmake pkg-config libopenblas-dev libspng-dev libcjson-dev \
 libutf8proc-dev libjpeg-dev libcurl4-openssl-dev python3"
+  # the ARM64 kernel test: cross compiler, its libc and qemu-user (x86 hosts)
+  if [ "$(uname -m)" = "x86_64" ]; then
+    pkgs="$pkgs gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
+  fi
   missing=""
   for p in $pkgs; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -46,7 +46,7 @@ static void usage(FILE *f) {
           "usage: generate \"PROMPT\" [options]\n"
           "       generate --list-presets | --list-models | --download MODEL\n"
           "       generate --decode LATENTS_FILE [--model M] [--output DIR (default: beside it)]\n"
-          "       generate --bench [--model M] [--precision fp32|bf16] [--size PX]\n"
+          "       generate --bench [--model M] [--precision fp32|bf16|fast] [--size PX]\n"
           "                [--threads N] [--steps 1] [--json FILE]\n"
           "\n"
           "model and quality\n"
@@ -93,8 +93,9 @@ static void usage(FILE *f) {
           "  --offline               never download (Hugging Face cache only)\n"
           "resources\n"
           "  --threads N             threads (default: all cores)\n"
-          "  --precision fp32|bf16   matrix products in fp32 (default, exact) or bf16\n"
-          "                          (faster; needs a CPU with AVX512_BF16)\n"
+          "  --precision fp32|bf16|fast  matrix products in fp32 (default, exact), bf16\n"
+          "                          (needs AVX512_BF16) or fast: the quickest arithmetic\n"
+          "                          this CPU has (the log and metadata say which)\n"
           "  --max-memory SIZE       memory budget, e.g. 4G or 600M\n"
           "  --dry-run               print the memory plan and exit\n"
           "  --plan NAME             at least this memory strategy: resident, release,\n"
@@ -216,8 +217,8 @@ int main(int argc, char **argv) {
       bench_json = val;
     } else if (IS("--precision")) {
       NEED_VALUE;
-      if (strcmp(val, "fp32") != 0 && strcmp(val, "bf16") != 0) {
-        fprintf(stderr, "error: --precision expects fp32 or bf16, got '%s'\n", val);
+      if (strcmp(val, "fp32") != 0 && strcmp(val, "bf16") != 0 && strcmp(val, "fast") != 0) {
+        fprintf(stderr, "error: --precision expects fp32, bf16 or fast, got '%s'\n", val);
         return 2;
       }
       p.precision = val;

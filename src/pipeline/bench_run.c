@@ -34,11 +34,15 @@
 #include "pipeline/sd3_pipeline.h"
 #include "pipeline/unet_pipeline.h"
 #include "tensor/blas_setup.h"
+#include "tensor/cpu_limits.h"
+#include "tensor/gemm_f32.h"
 #include "tensor/ops.h"
 #include "tensor/profile.h"
 
 #define BENCH_MAX_STAGES 8
 #define CEILING_N 2048
+/* The bandwidth probe's buffer: far larger than any CPU's caches. */
+#define BW_BYTES ((int64_t)256 << 20)
 #define SD3_T5_TOKENS 256
 #define DEFAULT_PROMPT "a photograph of an astronaut riding a horse on the moon, detailed"
 #define DEFAULT_NEGATIVE "blurry, low quality"
@@ -67,6 +71,8 @@ typedef struct bench {
   double sgemm_blas;    /* cblas_sgemm on BLAS's own threads, for reference */
   double sgemm_bf16;    /* sd_gemm in bf16; 0 when the CPU has no bf16 */
   double sgemm_per_cpu; /* best F32 GFLOP per CPU-second */
+  sd_cpu_limits lim;    /* the hardware limits, measured in this run */
+  const char *fast_why; /* --precision fast: why it chose what it did */
   bench_stage st[BENCH_MAX_STAGES];
   int nst;
   int step_stage; /* index of the profiled denoiser step, -1 until run */
@@ -137,7 +143,9 @@ static int64_t count_nonfinite(const float *x, int64_t n) {
   return bad;
 }
 
-/* ---- the sgemm ceilings ---- */
+static double rate(double amount, double seconds);
+
+/* ---- the hardware limits and the sgemm ceilings ---- */
 
 /* Best of 3 sd_gemm CEILING_N^3 in the current precision, in GFLOP/s. */
 static double best_sd_gemm(bench *b, const float *A, const float *B, float *C) {
@@ -152,6 +160,31 @@ static double best_sd_gemm(bench *b, const float *A, const float *B, float *C) {
     if (sd_get_precision() == SD_PREC_FP32 && gc > b->sgemm_per_cpu) b->sgemm_per_cpu = gc;
   }
   return best;
+}
+
+/* The limit of the arithmetic the products ran in (at the run's threads). */
+static double arith_limit(const bench *b) {
+  double bf = sd_cpu_limit(&b->lim, SD_LIMIT_BF16, 1);
+  return b->prec == SD_PREC_BF16 && bf > 0 ? bf : sd_cpu_limit(&b->lim, SD_LIMIT_FP32, 1);
+}
+
+static const char *arith_limit_name(const bench *b) {
+  return b->prec == SD_PREC_BF16 && sd_cpu_limit(&b->lim, SD_LIMIT_BF16, 1) > 0 ? "bf16 dot"
+                                                                             : "fp32 FMA";
+}
+
+static int measure_limits(bench *b) {
+  if (sd_cpu_limits_measure(&b->lim, b->threads, BW_BYTES))
+    return sd_fail(b->err, SD_ERR_OOM, "out of memory (bandwidth probe buffer)");
+  fprintf(b->out, "limits, 1 / %d threads (instruction loops, GFLOP/s):\n", b->threads);
+  for (int i = 0; i < b->lim.nprobes; i++)
+    fprintf(b->out, "  %-24s %8.1f / %8.1f\n", b->lim.probe[i].name, b->lim.probe[i].gflops[0],
+            b->lim.probe[i].gflops[1]);
+  fprintf(b->out, "  memory read (GB/s)       %8.1f / %8.1f\n", b->lim.read_gbs[0],
+          b->lim.read_gbs[1]);
+  fprintf(b->out, "  memory copy (GB/s)       %8.1f / %8.1f\n", b->lim.copy_gbs[0],
+          b->lim.copy_gbs[1]);
+  return SD_OK;
 }
 
 static int measure_ceilings(bench *b) {
@@ -186,9 +219,14 @@ static int measure_ceilings(bench *b) {
   sd_free(A);
   sd_free(B);
   sd_free(C);
-  fprintf(b->out, "sgemm %d^3: sd_gemm fp32 %.1f GFLOP/s (the ceiling), cblas_sgemm %.1f GFLOP/s",
-          n, b->sgemm_f32, b->sgemm_blas);
-  if (b->sgemm_bf16 > 0) fprintf(b->out, ", sd_gemm bf16 %.1f GFLOP/s", b->sgemm_bf16);
+  fprintf(b->out,
+          "sgemm %d^3: sd_gemm fp32 %.1f GFLOP/s (the ceiling, %.1f%% of the fp32 FMA limit), "
+          "cblas_sgemm %.1f GFLOP/s",
+          n, b->sgemm_f32, 100.0 * rate(b->sgemm_f32, sd_cpu_limit(&b->lim, SD_LIMIT_FP32, 1)),
+          b->sgemm_blas);
+  if (b->sgemm_bf16 > 0)
+    fprintf(b->out, ", sd_gemm bf16 %.1f GFLOP/s (%.1f%% of the bf16 dot limit)", b->sgemm_bf16,
+            100.0 * rate(b->sgemm_bf16, sd_cpu_limit(&b->lim, SD_LIMIT_BF16, 1)));
   fprintf(b->out, "\n");
   return SD_OK;
 }
@@ -492,22 +530,27 @@ static void print_report(const bench *b) {
   for (int i = 0; i < b->nst; i++)
     if (b->st[i].profiled) print_op_table(b, &b->st[i]);
   char rss[32], peak[32];
-  fprintf(o, "\n%-26s %9s %9s %9s %9s %8s %10s %9s %9s\n", "stage", "seconds", "CPU s", "GFLOP",
-          "GFLOP/s", "%sgemm", "GFLOP/cpus", "RSS", "peak RSS");
+  fprintf(o, "\n%-26s %9s %9s %9s %9s %8s %8s %10s %9s %9s\n", "stage", "seconds", "CPU s",
+          "GFLOP", "GFLOP/s", "%limit", "%sgemm", "GFLOP/cpus", "RSS", "peak RSS");
   for (int i = 0; i < b->nst; i++) {
     const bench_stage *s = &b->st[i];
     fprintf(o, "%-26s %9.3f %9.2f", s->name, s->seconds, s->cpu_seconds);
     if (s->gflop > 0)
-      fprintf(o, " %9.2f %9.1f %7.1f%% %10.1f", s->gflop, rate(s->gflop, s->seconds),
+      fprintf(o, " %9.2f %9.1f %7.1f%% %7.1f%% %10.1f", s->gflop, rate(s->gflop, s->seconds),
+              100.0 * rate(rate(s->gflop, s->seconds), arith_limit(b)),
               100.0 * rate(rate(s->gflop, s->seconds), b->sgemm_f32),
               rate(s->gflop, s->cpu_seconds));
     else
-      fprintf(o, " %9s %9s %8s %10s", "-", "-", "-", "-");
+      fprintf(o, " %9s %9s %8s %8s %10s", "-", "-", "-", "-", "-");
     fprintf(o, " %9s %9s\n", sd_format_size(s->rss, rss, sizeof rss),
             sd_format_size(s->peak_rss, peak, sizeof peak));
   }
-  fprintf(o, "\n%s, %d threads, %s, BLAS %s; load average at start %s\n", sd_cpu_describe(),
-          b->threads, sd_precision_name(b->prec), sd_blas_kernel_name(), b->load);
+  fprintf(o, "%%limit: of the %s limit at %d threads (%.1f GFLOP/s)\n", arith_limit_name(b),
+          b->threads, arith_limit(b));
+  fprintf(o, "\n%s, %d threads, %s, GEMM kernels %s, BLAS %s; load average at start %s\n",
+          sd_cpu_describe(), b->threads, sd_precision_name(b->prec),
+          sd_gemm_path_name(sd_gemm_path_get()), sd_blas_kernel_name(), b->load);
+  if (b->fast_why) fprintf(o, "precision fast: %s (%s)\n", sd_precision_name(b->prec), b->fast_why);
   /* On a shared machine wall-clock rates fall with the load while the rate
    * per CPU-second does not (much): threads x GFLOP/cpus estimates the rate
    * with the cores to ourselves. */
@@ -519,10 +562,14 @@ static void print_report(const bench *b) {
   if (b->step_stage >= 0) {
     const bench_stage *s = &b->st[b->step_stage];
     double gfs = rate(s->gflop, s->seconds);
-    fprintf(o, "%s step: %.2f s, %.1f GFLOP/s, %.1f%% of sgemm ceiling",
-            b->mmdit ? "mmdit" : "unet", s->seconds, gfs, 100.0 * rate(gfs, b->sgemm_f32));
+    fprintf(o, "%s step: %.2f s, %.1f GFLOP/s, %.1f%% of the fp32 FMA limit, %.1f%% of sgemm ceiling",
+            b->mmdit ? "mmdit" : "unet", s->seconds, gfs,
+            100.0 * rate(gfs, sd_cpu_limit(&b->lim, SD_LIMIT_FP32, 1)),
+            100.0 * rate(gfs, b->sgemm_f32));
     if (b->prec == SD_PREC_BF16)
-      fprintf(o, ", %.1f%% of bf16 ceiling", 100.0 * rate(gfs, b->sgemm_bf16));
+      fprintf(o, ", %.1f%% of the bf16 dot limit, %.1f%% of bf16 ceiling",
+              100.0 * rate(gfs, sd_cpu_limit(&b->lim, SD_LIMIT_BF16, 1)),
+              100.0 * rate(gfs, b->sgemm_bf16));
     fprintf(o, "\n");
   }
   fflush(o);
@@ -539,6 +586,11 @@ static cJSON *stage_json(const bench *b, const bench_stage *s) {
     cJSON_AddNumberToObject(o, "gflops", rate(s->gflop, s->seconds));
     cJSON_AddNumberToObject(o, "percent_of_sgemm",
                             100.0 * rate(rate(s->gflop, s->seconds), b->sgemm_f32));
+    cJSON_AddNumberToObject(o, "percent_of_limit",
+                            100.0 * rate(rate(s->gflop, s->seconds), arith_limit(b)));
+    cJSON_AddNumberToObject(o, "percent_of_fp32_limit",
+                            100.0 * rate(rate(s->gflop, s->seconds),
+                                         sd_cpu_limit(&b->lim, SD_LIMIT_FP32, 1)));
     cJSON_AddNumberToObject(o, "gflop_per_cpu_second", rate(s->gflop, s->cpu_seconds));
   }
   cJSON_AddNumberToObject(o, "rss_bytes", (double)s->rss);
@@ -565,6 +617,36 @@ static cJSON *stage_json(const bench *b, const bench_stage *s) {
   return o;
 }
 
+static void add_limits_json(cJSON *j, const bench *b) {
+  cJSON *l = cJSON_AddObjectToObject(j, "limits");
+  if (!l) return;
+  cJSON_AddNumberToObject(l, "threads", b->lim.threads);
+  cJSON *arr = cJSON_AddArrayToObject(l, "probes");
+  for (int i = 0; arr && i < b->lim.nprobes; i++) {
+    cJSON *e = cJSON_CreateObject();
+    if (!e) break;
+    cJSON_AddStringToObject(e, "name", b->lim.probe[i].name);
+    cJSON_AddNumberToObject(e, "gflops_1_thread", b->lim.probe[i].gflops[0]);
+    cJSON_AddNumberToObject(e, "gflops", b->lim.probe[i].gflops[1]);
+    cJSON_AddItemToArray(arr, e);
+  }
+  static const char *const kinds[SD_LIMIT_COUNT] = {"fp32_fma", "bf16_dot", "fp16_fma",
+                                                    "int8_dot"};
+  for (int k = 0; k < SD_LIMIT_COUNT; k++) {
+    char key[48];
+    snprintf(key, sizeof key, "%s_gflops", kinds[k]);
+    if (sd_cpu_limit(&b->lim, (sd_limit_kind)k, 1) > 0)
+      cJSON_AddNumberToObject(l, key, sd_cpu_limit(&b->lim, (sd_limit_kind)k, 1));
+    else
+      cJSON_AddNullToObject(l, key);
+  }
+  cJSON_AddNumberToObject(l, "read_gbs", b->lim.read_gbs[1]);
+  cJSON_AddNumberToObject(l, "copy_gbs", b->lim.copy_gbs[1]);
+  cJSON_AddNumberToObject(l, "read_gbs_1_thread", b->lim.read_gbs[0]);
+  cJSON_AddNumberToObject(l, "copy_gbs_1_thread", b->lim.copy_gbs[0]);
+  cJSON_AddNumberToObject(l, "bandwidth_buffer_bytes", (double)b->lim.bw_bytes);
+}
+
 static int write_json(const bench *b, const char *path) {
   cJSON *j = cJSON_CreateObject();
   cJSON *arr = j ? cJSON_AddArrayToObject(j, "stages") : NULL;
@@ -581,6 +663,9 @@ static int write_json(const bench *b, const char *path) {
   cJSON_AddStringToObject(j, "blas_kernel", sd_blas_kernel_name());
   cJSON_AddStringToObject(j, "loadavg_at_start", b->load);
   cJSON_AddStringToObject(j, "version", sdgen_version());
+  cJSON_AddStringToObject(j, "gemm_kernels", sd_gemm_path_name(sd_gemm_path_get()));
+  if (b->fast_why) cJSON_AddStringToObject(j, "fast_choice", b->fast_why);
+  add_limits_json(j, b);
   cJSON *ce = cJSON_AddObjectToObject(j, "sgemm_ceiling_gflops");
   if (ce) {
     cJSON_AddNumberToObject(ce, "fp32", b->sgemm_f32);
@@ -605,6 +690,11 @@ static int write_json(const bench *b, const char *path) {
       cJSON_AddNumberToObject(st, "gflop", s->gflop);
       cJSON_AddNumberToObject(st, "gflops", gfs);
       cJSON_AddNumberToObject(st, "percent_of_sgemm", 100.0 * rate(gfs, b->sgemm_f32));
+      cJSON_AddNumberToObject(st, "percent_of_fp32_limit",
+                              100.0 * rate(gfs, sd_cpu_limit(&b->lim, SD_LIMIT_FP32, 1)));
+      if (b->prec == SD_PREC_BF16 && sd_cpu_limit(&b->lim, SD_LIMIT_BF16, 1) > 0)
+        cJSON_AddNumberToObject(st, "percent_of_bf16_limit",
+                                100.0 * rate(gfs, sd_cpu_limit(&b->lim, SD_LIMIT_BF16, 1)));
       if (b->prec == SD_PREC_BF16 && b->sgemm_bf16 > 0)
         cJSON_AddNumberToObject(st, "percent_of_bf16", 100.0 * rate(gfs, b->sgemm_bf16));
     }
@@ -659,6 +749,7 @@ int sdgen_bench(sdgen_ctx *ctx, const sdgen_params *p, const char *json_path, FI
     goto done;
   }
   if ((rc = sd_parse_precision(p->precision, &b->prec, err))) goto done;
+  if (p->precision && !strcmp(p->precision, "fast")) sd_precision_fast(&b->fast_why);
   b->size = p->width;
   if ((rc = sd_resolve_model(p, p->model, b->model, sizeof b->model, err))) goto done;
   if ((rc = gen_model_family(b->model, &b->family, err))) goto done;
@@ -670,8 +761,9 @@ int sdgen_bench(sdgen_ctx *ctx, const sdgen_params *p, const char *json_path, FI
   fprintf(b->out, "bench: %s (%s), %d threads, %s, load average %s\n", b->model,
           b->family[0] ? b->family : "unknown family", b->threads, sd_precision_name(b->prec),
           b->load);
-  fprintf(b->out, "cpu: %s; BLAS kernels %s\n", sd_cpu_describe(), sd_blas_kernel_name());
-  if ((rc = measure_ceilings(b))) goto restore;
+  fprintf(b->out, "cpu: %s; GEMM kernels %s; BLAS kernels %s (reference)\n", sd_cpu_describe(),
+          sd_gemm_path_name(sd_gemm_path_get()), sd_blas_kernel_name());
+  if ((rc = measure_limits(b)) || (rc = measure_ceilings(b))) goto restore;
   sd_set_precision(b->prec);
   const char *prompt = p->prompt ? p->prompt : DEFAULT_PROMPT;
   const char *neg = p->negative_prompt ? p->negative_prompt : DEFAULT_NEGATIVE;

@@ -1,7 +1,9 @@
 /* The run's LoRAs: params->loras plus the prompt's <lora:NAME:SCALE> tags
  * (AUTOMATIC1111 syntax), resolved to files and checked before any model is
  * loaded. */
+#define _POSIX_C_SOURCE 200809L
 #include <ctype.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +12,7 @@
 #include "io/hub.h"
 #include "io/lora.h"
 #include "io/model_dir.h"
+#include "io/sha256.h"
 #include "pipeline/generate_internal.h"
 
 /* A LoRA value -> a file: an existing path; NAME or NAME.safetensors under
@@ -46,6 +49,33 @@ static int resolve_lora(const sdgen_params *p, const char *name, char *out, size
   return sd_hub_resolve(full, &ho, out, n, err);
 }
 
+/* A1111's LoRA hash (its "addnet" hash of a .safetensors file): SHA-256 of
+ * the bytes after the header (so editing the metadata keeps it), the first
+ * 12 hex digits. Left empty when the file cannot be read. */
+static void lora_short_hash(const char *path, char out[13]) {
+  out[0] = 0;
+  FILE *f = fopen(path, "rb");
+  if (!f) return;
+  unsigned char len8[8], buf[65536];
+  uint64_t header = 0;
+  if (fread(len8, 1, 8, f) == 8) {
+    for (int i = 7; i >= 0; i--) header = header << 8 | len8[i];
+    if (header < (1ull << 40) && fseeko(f, (off_t)(8 + header), SEEK_SET) == 0) {
+      sd_sha256 h;
+      sd_sha256_init(&h);
+      size_t got;
+      while ((got = fread(buf, 1, sizeof buf, f)) > 0) sd_sha256_update(&h, buf, got);
+      if (!ferror(f)) {
+        char hex[65];
+        sd_sha256_final_hex(&h, hex);
+        memcpy(out, hex, 12);
+        out[12] = 0;
+      }
+    }
+  }
+  fclose(f);
+}
+
 static int add_lora(gen_run *r, const char *name, size_t name_len, float scale) {
   if (r->n_loras == GEN_MAX_LORAS)
     return sd_fail(r->err, SD_ERR_ARG, "too many LoRAs (at most %d)", GEN_MAX_LORAS);
@@ -57,6 +87,7 @@ static int add_lora(gen_run *r, const char *name, size_t name_len, float scale) 
   l->scale = scale;
   int rc = resolve_lora(r->p, l->name, l->path, sizeof l->path, r->err);
   if (rc) return rc;
+  lora_short_hash(l->path, l->hash);
   r->lora_specs[r->n_loras].path = l->path;
   r->lora_specs[r->n_loras].scale = scale;
   r->n_loras++;

@@ -111,9 +111,21 @@ void gen_infotext(const gen_run *r, char *buf, size_t n) {
       u += (size_t)snprintf(buf + u, n - u, "%s%s: %g", i ? ", " : "",
                             lora_stem(r->loras[i].path), r->loras[i].scale);
     if (u < n) u += (size_t)snprintf(buf + u, n - u, "\"");
+    /* A1111: Lora hashes: "name: <12 hex>, ..." (files that could be read) */
+    int hashed = 0;
+    for (int i = 0; i < r->n_loras && u < n; i++) {
+      if (!r->loras[i].hash[0]) continue;
+      u += (size_t)snprintf(buf + u, n - u, "%s%s: %s", hashed++ ? ", " : ", Lora hashes: \"",
+                            lora_stem(r->loras[i].path), r->loras[i].hash);
+    }
+    if (hashed && u < n) u += (size_t)snprintf(buf + u, n - u, "\"");
   }
-  if (p->precision && strcmp(p->precision, "fp32") != 0 && u < n)
-    u += (size_t)snprintf(buf + u, n - u, ", Precision: %s", p->precision);
+  /* "fast" is recorded as the arithmetic it chose on this CPU */
+  const char *prec = p->precision && !strcmp(p->precision, "fast")
+                         ? sd_precision_name(sd_precision_fast(NULL))
+                         : p->precision;
+  if (prec && strcmp(prec, "fp32") != 0 && u < n)
+    u += (size_t)snprintf(buf + u, n - u, ", Precision: %s", prec);
   if (u < n) snprintf(buf + u, n - u, ", Version: sdgen %s", SDGEN_VERSION);
 }
 
@@ -219,7 +231,12 @@ static cJSON *metadata(const gen_run *r, int index, const char *png_name) {
     cJSON_AddNumberToObject(t, "total", sd_monitor_elapsed(&r->mon));
   }
   cJSON_AddNumberToObject(o, "threads", sd_get_threads());
-  cJSON_AddStringToObject(o, "precision", p->precision ? p->precision : "fp32");
+  if (p->precision && !strcmp(p->precision, "fast")) {
+    cJSON_AddStringToObject(o, "precision", sd_precision_name(sd_precision_fast(NULL)));
+    cJSON_AddStringToObject(o, "precision_requested", "fast");
+  } else {
+    cJSON_AddStringToObject(o, "precision", p->precision ? p->precision : "fp32");
+  }
   cJSON_AddStringToObject(o, "version", SDGEN_VERSION);
   cJSON *opts = cJSON_AddArrayToObject(o, "optimizations");
   for (int i = 0; opts && i < r->mon.nopt; i++)

@@ -63,7 +63,11 @@ int sd_parse_precision(const char *name, sd_precision *out, sd_error *err) {
     *out = SD_PREC_BF16;
     return SD_OK;
   }
-  return sd_fail(err, SD_ERR_ARG, "unknown precision '%s' (fp32 or bf16)", name);
+  if (!strcmp(name, "fast")) {
+    *out = sd_precision_fast(NULL);
+    return SD_OK;
+  }
+  return sd_fail(err, SD_ERR_ARG, "unknown precision '%s' (fp32, bf16 or fast)", name);
 }
 
 int sd_validate_params(const sdgen_params *p, sd_error *err) {
@@ -335,6 +339,11 @@ static int run_model(sdgen_ctx *ctx, sdgen_model *model, const sdgen_params *p,
   sd_precision prec;
   sd_parse_precision(p->precision, &prec, err); /* validated above */
   sd_set_precision(prec);
+  if (p->precision && !strcmp(p->precision, "fast")) {
+    const char *why;
+    sd_precision_fast(&why);
+    sd_monitor_info(&r.mon, "precision fast: %s (%s)", sd_precision_name(prec), why);
+  }
   time_t now = time(NULL);
   struct tm tmv;
   localtime_r(&now, &tmv);

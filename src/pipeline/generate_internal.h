@@ -25,6 +25,7 @@ typedef struct gen_lora {
   char name[512];  /* as given (path, name under lora_dir, hub name) */
   char path[4096]; /* resolved file */
   float scale;
+  char hash[13]; /* A1111's short hash (io/sha256.h), "" when unreadable */
 } gen_lora;
 
 /* A resident model (sdgen_model_load): the resolved model, its load-time

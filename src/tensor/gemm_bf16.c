@@ -116,6 +116,8 @@ void sd_gemm_bf16_portable(int transA, int transB, int64_t M, int64_t N,
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+
+#include "tensor/simd_x86.h"
 #define SD_BF16_NATIVE 1
 #define BF16_TARGET \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -154,11 +156,6 @@ _Static_assert(MC % MR == 0 && NC % NR == 0 && MC_SMALL % MR == 0 &&
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-static inline __mmask16 lanes_mask(int64_t n) {
-  if (n <= 0) return 0;
-  if (n >= 16) return 0xffff;
-  return (__mmask16)((1u << n) - 1u);
-}
 
 /* Stores 16 consecutive indices [i0, i0+16) of k-pair p into a panel layout
  * with P indices per panel (P = MR or NR): element (i, p) lives at
@@ -193,7 +190,7 @@ BF16_TARGET static void pack_k_strided(uint32_t *dst, int P,
   int64_t npad = (n + P - 1) / P * P;
   for (int64_t p = 0; p < kp; p++) {
     for (int64_t i0 = 0; i0 < npad; i0 += 16) {
-      __mmask16 m = lanes_mask(n - i0);
+      __mmask16 m = sd_lanes16(n - i0);
       const float *s = src + 2 * p * ld + i0;
       __m512 r0 = _mm512_maskz_loadu_ps(m, s);
       __m512 r1 = 2 * p + 1 < kc ? _mm512_maskz_loadu_ps(m, s + ld)
@@ -203,36 +200,6 @@ BF16_TARGET static void pack_k_strided(uint32_t *dst, int P,
       store_pairs16(dst, P, panel_stride, npad, i0, p,
                     _mm512_permutexvar_epi16(interleave, w));
     }
-  }
-}
-
-/* In-register transpose of a 16 x 16 block of 32-bit elements. */
-BF16_TARGET static inline void transpose16(__m512i r[16]) {
-  __m512i t[16], c[16];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; i++) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  /* c[4g + j]: column 4L + j of rows 4g..4g+3, in each 128-bit lane L. */
-#pragma GCC unroll 4
-  for (int g = 0; g < 4; g++) {
-    c[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
-    c[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
-    c[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
-    c[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
-  }
-  /* 4 x 4 transpose of 128-bit lanes among c[j], c[4+j], c[8+j], c[12+j]. */
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; j++) {
-    __m512i e0 = _mm512_shuffle_i32x4(c[j], c[4 + j], 0x44);
-    __m512i e1 = _mm512_shuffle_i32x4(c[j], c[4 + j], 0xee);
-    __m512i e2 = _mm512_shuffle_i32x4(c[8 + j], c[12 + j], 0x44);
-    __m512i e3 = _mm512_shuffle_i32x4(c[8 + j], c[12 + j], 0xee);
-    r[j] = _mm512_shuffle_i32x4(e0, e2, 0x88);
-    r[4 + j] = _mm512_shuffle_i32x4(e0, e2, 0xdd);
-    r[8 + j] = _mm512_shuffle_i32x4(e1, e3, 0x88);
-    r[12 + j] = _mm512_shuffle_i32x4(e1, e3, 0xdd);
   }
 }
 
@@ -248,8 +215,8 @@ BF16_TARGET static void pack_k_contiguous(uint32_t *dst, int P,
   for (int64_t i0 = 0; i0 < npad; i0 += 16) {
     for (int64_t p0 = 0; p0 < kp; p0 += 16) {
       __m512i r[16];
-      __mmask16 mlo = lanes_mask(kc - 2 * p0);
-      __mmask16 mhi = lanes_mask(kc - 2 * p0 - 16);
+      __mmask16 mlo = sd_lanes16(kc - 2 * p0);
+      __mmask16 mhi = sd_lanes16(kc - 2 * p0 - 16);
 #pragma GCC unroll 16
       for (int i = 0; i < 16; i++) {
         if (i0 + i < n) {
@@ -261,7 +228,7 @@ BF16_TARGET static void pack_k_contiguous(uint32_t *dst, int P,
           r[i] = _mm512_setzero_si512();
         }
       }
-      transpose16(r);
+      sd_transpose16x32(r);
       int64_t np = min64(16, kp - p0);
       for (int p = 0; p < np; p++)
         store_pairs16(dst, P, panel_stride, npad, i0, p0 + p, r[p]);
@@ -300,7 +267,7 @@ BF16_TARGET static void micro_kernel(int64_t kp, const uint32_t *a,
     }
   }
   __mmask16 m[NV];
-  for (int v = 0; v < NV; v++) m[v] = lanes_mask(nr - 16 * v);
+  for (int v = 0; v < NV; v++) m[v] = sd_lanes16(nr - 16 * v);
   __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
 #pragma GCC unroll 8
   for (int i = 0; i < MR; i++) {

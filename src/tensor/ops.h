@@ -155,4 +155,12 @@ int sd_set_precision(sd_precision p);
 sd_precision sd_get_precision(void);
 const char *sd_precision_name(sd_precision p); /* "fp32" / "bf16" */
 
+/* What "fast" (--precision fast) means on this CPU: the quickest arithmetic
+ * it has whose path is tested here, else the exact mode. Today: bf16 where
+ * AVX512_BF16 dot products run at twice the fp32 FMA rate (AMD Zen 4/5);
+ * fp32 elsewhere (Intel's VDPBF16PS runs at the fp32 FMA rate; the
+ * AVX512-FP16 and ARM fp16/bf16 paths are not shipped: no CPU or emulator
+ * here runs them). *why (may be NULL) gets a one-line reason. */
+sd_precision sd_precision_fast(const char **why);
+
 #endif

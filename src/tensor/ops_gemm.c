@@ -21,6 +21,7 @@
 #include "base/status.h"
 #include "tensor/convert.h"
 #include "tensor/gemm_bf16.h"
+#include "tensor/gemm_f32.h"
 #include "tensor/ops.h"
 #include "tensor/lowrank.h"
 #include "tensor/ops_internal.h"
@@ -86,6 +87,24 @@ int sd_set_precision(sd_precision p) {
 
 sd_precision sd_get_precision(void) { return g_precision; }
 
+sd_precision sd_precision_fast(const char **why) {
+  const sd_cpu_features *cpu = sd_cpu();
+  const char *w;
+  sd_precision p = SD_PREC_FP32;
+  if (cpu->avx512_bf16 && cpu->amd) {
+    p = SD_PREC_BF16;
+    w = "AVX512-BF16 dot products run at twice the fp32 FMA rate on this CPU";
+  } else if (cpu->avx512_bf16) {
+    w = "AVX512-BF16 dot products run at the fp32 FMA rate on this CPU: exact mode";
+  } else if (cpu->avx512_fp16) {
+    w = "the AVX512-FP16 path is not shipped (untested): exact mode";
+  } else {
+    w = "no reduced-precision arithmetic faster than fp32 on this CPU: exact mode";
+  }
+  if (why) *why = w;
+  return p;
+}
+
 const char *sd_precision_name(sd_precision p) {
   return p == SD_PREC_BF16 ? "bf16" : "fp32";
 }
@@ -132,9 +151,7 @@ void sd_gemm_block(int transA, int transB, int64_t M, int64_t N, int64_t K,
     sd_gemm_bf16(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
-              transB ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K,
-              alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+  sd_sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 /* Concurrent block calls of sd_gemm_parallel for an M-row product. */

@@ -49,8 +49,8 @@ void sd_gemm_block(int transA, int transB, int64_t M, int64_t N, int64_t K,
                    int64_t ldb, float beta, float *C, int64_t ldc);
 
 /* Scratch one concurrent sd_gemm_block call takes in the current precision
- * (the bf16 kernel's packing buffers; the F32 path's BLAS buffers are
- * outside our allocator and budgeted by the planner). */
+ * (the bf16 kernel's packing buffers; the F32 kernels' per-thread packing
+ * buffers, like BLAS's, are outside our allocator: see gemm_f32.c). */
 int64_t sd_gemm_block_scratch_bytes(void);
 
 /* Plan mode (see base/alloc.h): a kernel that would allocate `bytes` of

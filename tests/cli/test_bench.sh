@@ -24,16 +24,24 @@ check "[ $rc -eq 0 ]" "sd15 bench exit $rc: $(tail -1 "$T/err")"
 check "grep -q '^unet step (B=2, CFG): ' '$T/out' && grep -q '^vae decode (1 image): ' '$T/out'" \
   "no per-stage op tables"
 check "grep -Eq '^  op class +calls +seconds +share +GFLOP +GFLOP/s +GB/s$' '$T/out'" "table header"
+# the hardware limits, measured in the same run
+check "grep -Eq '^limits, 1 / 1 threads' '$T/out' && grep -Eq '^  fp32 [a-z0-9]+ fma +$FLOAT / +$FLOAT$' '$T/out' && grep -Eq '^  memory read \(GB/s\) +$FLOAT / +$FLOAT$' '$T/out'" \
+  "no limits lines"
+check "grep -Eq '^stage +seconds +CPU s +GFLOP +GFLOP/s +%limit +%sgemm ' '$T/out'" "stage table header"
 for cls in conv3x3 gemm attention norm elementwise data other; do
   check "grep -Eq '^  $cls ' '$T/out'" "no $cls row"
 done
-check "tail -1 '$T/out' | grep -Eq '^unet step: $FLOAT s, $FLOAT GFLOP/s, $FLOAT% of sgemm ceiling$'" \
+check "tail -1 '$T/out' | grep -Eq '^unet step: $FLOAT s, $FLOAT GFLOP/s, $FLOAT% of the fp32 FMA limit, $FLOAT% of sgemm ceiling$'" \
   "final line: $(tail -1 "$T/out")"
 check "python3 - '$T/sd15.json' <<'PY'
 import json,sys
 d=json.load(open(sys.argv[1]))
-for k in ['cpu','blas_kernel','threads','precision','model','size','stages','step','sgemm_ceiling_gflops']:
+for k in ['cpu','blas_kernel','gemm_kernels','threads','precision','model','size','stages','step','sgemm_ceiling_gflops','limits']:
     assert k in d, k
+L=d['limits']
+assert L['fp32_fma_gflops']>0 and L['read_gbs']>0 and L['copy_gbs']>0 and L['bandwidth_buffer_bytes']>=256<<20, L
+assert all(p['gflops']>0 and p['gflops_1_thread']>0 for p in L['probes']) and L['probes'], L['probes']
+assert abs(d['step']['percent_of_fp32_limit']-100*d['step']['gflops']/L['fp32_fma_gflops'])<1e-6*max(1,d['step']['percent_of_fp32_limit'])
 assert d['threads']==1 and d['precision']=='fp32' and d['size']==64 and d['family']=='sd1'
 c=d['sgemm_ceiling_gflops']; assert c['fp32']>0 and c['cblas_reference']>0
 names=[s['name'] for s in d['stages']]
@@ -56,7 +64,7 @@ PY" "sd15 JSON"
 "$GEN" --bench --model "$FIX/sd3-medium" --threads 1 --json "$T/sd3.json" >"$T/out" 2>"$T/err"
 rc=$?
 check "[ $rc -eq 0 ]" "sd3 bench exit $rc: $(tail -1 "$T/err")"
-check "tail -1 '$T/out' | grep -Eq '^mmdit step: $FLOAT s, $FLOAT GFLOP/s, $FLOAT% of sgemm ceiling$'" \
+check "tail -1 '$T/out' | grep -Eq '^mmdit step: $FLOAT s, $FLOAT GFLOP/s, $FLOAT% of the fp32 FMA limit, $FLOAT% of sgemm ceiling$'" \
   "mmdit final line: $(tail -1 "$T/out")"
 check "python3 - '$T/sd3.json' <<'PY'
 import json,sys
@@ -73,7 +81,7 @@ if grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null; then
   "$GEN" --bench --model "$FIX/sd15" --size 64 --threads 1 --precision bf16 >"$T/out" 2>"$T/err"
   rc=$?
   check "[ $rc -eq 0 ]" "bf16 bench exit $rc: $(tail -1 "$T/err")"
-  check "tail -1 '$T/out' | grep -Eq '^unet step: $FLOAT s, $FLOAT GFLOP/s, $FLOAT% of sgemm ceiling, $FLOAT% of bf16 ceiling$'" \
+  check "tail -1 '$T/out' | grep -Eq '^unet step: $FLOAT s, $FLOAT GFLOP/s, $FLOAT% of the fp32 FMA limit, $FLOAT% of sgemm ceiling, $FLOAT% of the bf16 dot limit, $FLOAT% of bf16 ceiling$'" \
     "bf16 final line: $(tail -1 "$T/out")"
   echo "note: this CPU has AVX512_BF16; the unsupported-bf16 error is not tested here"
 else
@@ -83,6 +91,20 @@ else
     "bf16 on a CPU without it: exit $rc, $(cat "$T/err")"
 fi
 
+# 3b. fast: the arithmetic it chose is named (bf16 on AMD CPUs with
+# AVX512_BF16, fp32 elsewhere), with the reason.
+"$GEN" --bench --model "$FIX/sd15" --size 64 --threads 1 --precision fast --json "$T/fast.json" \
+  >"$T/out" 2>"$T/err"
+rc=$?
+check "[ $rc -eq 0 ]" "fast bench exit $rc: $(tail -1 "$T/err")"
+check "grep -Eq '^precision fast: (bf16|fp32) \(.+\)$' '$T/out'" "fast: no choice line"
+check "python3 - '$T/fast.json' <<'PY'
+import json,sys
+d=json.load(open(sys.argv[1]))
+assert d['precision'] in ('bf16','fp32') and d['fast_choice'], d.get('fast_choice')
+if d['precision']=='bf16': assert d['limits']['bf16_dot_gflops']>0
+PY" "fast JSON"
+
 # 4. Usage errors: one line on stderr, exit 2.
 usage_error() { # args... ; expected stderr pattern is $PATTERN
   "$GEN" "$@" >"$T/out" 2>"$T/err"
@@ -90,7 +112,7 @@ usage_error() { # args... ; expected stderr pattern is $PATTERN
   check "[ $rc -eq 2 ] && [ \$(wc -l <'$T/err') -eq 1 ] && grep -q -- '$PATTERN' '$T/err'" \
     "$* -> exit $rc, stderr: $(cat "$T/err")"
 }
-PATTERN="--precision expects fp32 or bf16, got"; usage_error --bench --model "$FIX/sd15" --precision fp8
+PATTERN="--precision expects fp32, bf16 or fast, got"; usage_error --bench --model "$FIX/sd15" --precision fp8
 PATTERN="--json goes with --bench"; usage_error "a prompt" --json "$T/x.json"
 PATTERN="--size expects an integer"; usage_error --bench --size big
 PATTERN="--json needs a value"; usage_error --bench --json
@@ -125,6 +147,21 @@ assert json.load(open(sys.argv[1]))['precision']=='bf16'
 assert b'Precision: bf16' in open(sys.argv[2],'rb').read()
 PY" "bf16 metadata"
 fi
+
+# --precision fast: the metadata records the arithmetic it chose and that
+# fast was asked for.
+"$GEN" "a red fox" --model "$FIX/sd15" --steps 2 --threads 1 --precision fast \
+  --output "$T/imgfast" -q >"$T/out" 2>"$T/err"
+rc=$?
+png=$(ls "$T/imgfast"/output_*_0.png 2>/dev/null | head -1)
+check "[ $rc -eq 0 ] && [ -s '$png' ]" "fast image run exit $rc: $(tail -1 "$T/err")"
+check "python3 - '${png%.png}.json' '$png' <<'PY'
+import json,sys
+m=json.load(open(sys.argv[1]))
+assert m['precision'] in ('bf16','fp32') and m['precision_requested']=='fast', m
+png=open(sys.argv[2],'rb').read()
+assert (b'Precision: bf16' in png)==(m['precision']=='bf16')
+PY" "fast metadata"
 
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -20,6 +20,14 @@
  * sticky variant (every allocation from N on fails) is sampled at up to 50
  * points and must never crash or leak either.
  *
+ * LoRA: the load and application of two stacked adapters (the fixtures'
+ * kohya LoCon + attention-only files) on the SD 1.5 UNet and text encoder,
+ * merged and as a side path, is run with allocation N failing (io/lora.h
+ * directly; every N of the parsing and first bindings, then about 100 N
+ * strided over the rest): each must end in a clean error with a message and
+ * nothing leaked, or succeed untouched by the fault; then generations with those
+ * LoRAs (merged and side path) are sampled like the loop above.
+ *
  * usage: test_fault_injection [FIXTURES_DIR [BUDGET_S]]  (77: no fixtures) */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -34,6 +42,7 @@
 #include <cjson/cJSON.h>
 
 #include "base/alloc.h"
+#include "io/lora.h"
 #include "io/safetensors.h"
 #include "sdgen.h"
 #include "test_util.h"
@@ -265,6 +274,82 @@ static int64_t next_n(int64_t n, int64_t dense, int64_t stride, int64_t total) {
   return n + stride < tail ? n + stride : tail;
 }
 
+/* One LoRA load + application with allocation n failing: weights opened
+ * (unarmed), adapters loaded and merged or attached (armed), all freed. */
+static run_outcome lora_apply_once(const char *fix, int merge, int64_t n) {
+  char unet[4200], te[4200], l1[4200], l2[4200];
+  snprintf(unet, sizeof unet, "%s/sd15/unet/diffusion_pytorch_model.safetensors", fix);
+  snprintf(te, sizeof te, "%s/sd15/text_encoder/model.safetensors", fix);
+  snprintf(l1, sizeof l1, "%s/lora/sd15_locon.safetensors", fix);
+  snprintf(l2, sizeof l2, "%s/lora/sd15_attn.safetensors", fix);
+  run_outcome o = {0};
+  int failed_before = t_failed;
+  int64_t in_use_before = sd_alloc_get_stats().bytes_in_use;
+  sd_error err = {0};
+  sd_weights *wu = NULL, *wt = NULL;
+  if (sd_weights_open(&wu, unet, &err) || sd_weights_open(&wt, te, &err)) {
+    CHECK_MSG(0, "LoRA: cannot open the fixture weights: %s", err.msg);
+    sd_weights_free(wu);
+    o.rc = -1;
+    return o;
+  }
+  sd_lora_spec specs[2] = {{l1, 0.8f}, {l2, 0.5f}};
+  sd_adapter_target tg[2] = {{SD_LORA_UNET, wu}, {SD_LORA_TE1, wt}};
+  sd_adapter *a = NULL;
+  sd_alloc_fail_at(n, 0);
+  int rc = sd_adapter_load(&a, specs, 2, tg, 2, SD_LORA_FAMILY_SD1, &err);
+  if (!rc) rc = merge ? sd_adapter_merge(a, SD_LORA_TARGETS, &err) : sd_adapter_attach_side(a, &err);
+  o.rc = rc;
+  o.calls = sd_alloc_calls_since_arm();
+  o.fault_hit = sd_alloc_fault_triggered();
+  sd_alloc_fail_at(0, 0);
+  const char *mode = merge ? "merged" : "side path";
+  if (rc) {
+    CHECK_MSG(err.msg[0], "LoRA %s N=%lld: status %d without a message", mode, (long long)n, rc);
+    CHECK_MSG(o.fault_hit, "LoRA %s N=%lld: failed (%s) without the fault being hit", mode,
+              (long long)n, err.msg);
+  } else {
+    CHECK_MSG(!o.fault_hit, "LoRA %s N=%lld: allocation failed but the load succeeded", mode,
+              (long long)n);
+    CHECK_MSG(a && sd_adapter_touched(a, SD_LORA_UNET) > 0 &&
+                  sd_adapter_touched(a, SD_LORA_TE1) > 0,
+              "LoRA %s N=%lld: success without touched weights", mode, (long long)n);
+  }
+  sd_weights_free(wu);
+  sd_weights_free(wt);
+  sd_adapter_free(a);
+  int64_t in_use_after = sd_alloc_get_stats().bytes_in_use;
+  CHECK_MSG(in_use_after == in_use_before, "LoRA %s N=%lld rc=%d: %lld tracked bytes leaked (%s)",
+            mode, (long long)n, rc, (long long)(in_use_after - in_use_before), err.msg);
+  o.ok = t_failed == failed_before;
+  return o;
+}
+
+/* A LoRA load + merge and + side path, allocation N failing. */
+static void lora_apply_loop(const char *fix) {
+  for (int merge = 1; merge >= 0; merge--) {
+    run_outcome ref = lora_apply_once(fix, merge, 0);
+    CHECK_MSG(ref.rc == 0, "LoRA %s: reference load failed", merge ? "merged" : "side path");
+    if (ref.rc) return;
+    /* every N of the file parsing and the first bindings, then strided
+     * over the rest (thousands of calls: one per term, merged copy, ...) */
+    int64_t dense = 150, stride = ref.calls > dense ? (ref.calls - dense + 99) / 100 : 1;
+    int runs = 0, errors = 0, bad = 0;
+    for (int64_t n = 1;; n += n < dense ? 1 : stride) {
+      run_outcome o = lora_apply_once(fix, merge, n);
+      runs++;
+      errors += o.rc != 0;
+      bad += !o.ok;
+      if (o.calls < n) break;
+    }
+    printf("LoRA load + %s: %lld allocation calls, every N up to %lld then stride %lld: %d "
+           "runs (%d clean errors, %d failing a check)\n",
+           merge ? "merge" : "side path", (long long)ref.calls, (long long)dense,
+           (long long)stride, runs, errors, bad);
+    fflush(stdout);
+  }
+}
+
 int main(int argc, char **argv) {
   const char *fix = argc > 1 ? argv[1] : getenv("SDGEN_FIXTURES");
   if (!fix || !fix[0]) fix = SDGEN_FIXTURES_DEFAULT;
@@ -275,6 +360,14 @@ int main(int argc, char **argv) {
     printf("SKIP: fixture model %s not found\n", model);
     return 77;
   }
+  char lora1[4200], lora2[4200];
+  snprintf(lora1, sizeof lora1, "%s/lora/sd15_locon.safetensors", fix);
+  snprintf(lora2, sizeof lora2, "%s/lora/sd15_attn.safetensors", fix);
+  int have_lora = stat(lora1, &st) == 0 && stat(lora2, &st) == 0;
+  if (have_lora)
+    lora_apply_loop(fix);
+  else
+    printf("NOTE: no LoRA fixtures (%s): the LoRA fault loops are not run\n", lora1);
   snprintf(out_dir, sizeof out_dir, "/tmp/sdgen_fault_XXXXXX");
   if (!mkdtemp(out_dir)) {
     perror("mkdtemp");
@@ -375,6 +468,32 @@ int main(int argc, char **argv) {
   /* After all that, a normal run still works and leaks nothing. */
   run_outcome after = run_once(ctx, &p, 0, 0);
   CHECK_MSG(after.rc == 0, "run after the fault loop failed: %s", sdgen_last_error(ctx));
+
+  /* Generations with two stacked LoRAs, merged (resident plan) and side
+   * path (streaming plan): faults sampled over the whole run. */
+  sdgen_lora loras[2] = {{lora1, 0.8f}, {lora2, 0.5f}};
+  for (int plan = 0; have_lora && plan < 2; plan++) {
+    p.loras = loras;
+    p.n_loras = 2;
+    p.min_plan = plan ? 4 : -1;
+    const char *what = plan ? "side path" : "merged";
+    run_outcome lref = run_once(ctx, &p, 0, 0);
+    CHECK_MSG(lref.rc == 0, "LoRA (%s) reference run failed: %s", what, sdgen_last_error(ctx));
+    if (lref.rc) break;
+    int64_t points = sticky_points, lruns = 0, lerr = 0, lbad = 0;
+    t_loop = now_s();
+    for (int64_t i = 0; i < points; i++) {
+      int64_t n = 1 + i * (lref.calls - 1) / (points - 1);
+      run_outcome o = run_once(ctx, &p, n, 0);
+      lruns++;
+      lerr += o.rc != 0;
+      lbad += !o.ok;
+    }
+    printf("LoRA generations (%s): %lld allocation calls, faults at %lld points (%lld clean "
+           "errors, %lld failing a check) in %.1f s\n",
+           what, (long long)lref.calls, (long long)lruns, (long long)lerr, (long long)lbad,
+           now_s() - t_loop);
+  }
 
   rmdir(out_dir);
   sdgen_ctx_free(ctx);
