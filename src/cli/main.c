@@ -17,6 +17,7 @@
 #include "cli/commands.h"
 #include "cli/console.h"
 #include "cli/presets.h"
+#include "server/server.h"
 #include "sdgen.h"
 
 #define DEFAULT_MODEL "Lykon/DreamShaper-8"
@@ -45,6 +46,8 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: generate \"PROMPT\" [options]\n"
           "       generate --list-presets | --list-models | --download MODEL\n"
+          "       generate serve [options]    (HTTP API and web page; serve --help)\n"
+          "       generate worker [options]   (Redis queue worker; worker --help)\n"
           "       generate --decode LATENTS_FILE [--model M] [--output DIR (default: beside it)]\n"
           "       generate --bench [--model M] [--precision fp32|bf16|fast] [--size PX]\n"
           "                [--threads N] [--steps 1] [--json FILE]\n"
@@ -163,7 +166,10 @@ static int parse_lora(const char *v, sdgen_lora *out, char *buf, size_t n) {
 }
 
 int main(int argc, char **argv) {
-  sdgen_process_init(argv);
+  sd_blas_select_kernels(argv);
+  /* generate serve / generate worker: the HTTP server and the Redis worker */
+  if (argc > 1 && !strcmp(argv[1], "serve")) return srv_serve_main(argc - 1, argv + 1);
+  if (argc > 1 && !strcmp(argv[1], "worker")) return srv_worker_main(argc - 1, argv + 1);
   static sdgen_lora loras[MAX_CLI_LORAS];
   static char lora_bufs[MAX_CLI_LORAS][4096];
   sdgen_params p = sdgen_default_params();
