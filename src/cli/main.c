@@ -166,7 +166,7 @@ static int parse_lora(const char *v, sdgen_lora *out, char *buf, size_t n) {
 }
 
 int main(int argc, char **argv) {
-  sd_blas_select_kernels(argv);
+  sdgen_process_init(argv);
   /* generate serve / generate worker: the HTTP server and the Redis worker */
   if (argc > 1 && !strcmp(argv[1], "serve")) return srv_serve_main(argc - 1, argv + 1);
   if (argc > 1 && !strcmp(argv[1], "worker")) return srv_worker_main(argc - 1, argv + 1);
