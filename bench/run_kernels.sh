@@ -8,6 +8,7 @@
 # flags, limits, stage times and % per mode, 1 -> N thread scaling, load).
 #
 #   bench/run_kernels.sh [BUILD_DIR]
+#   bench/run_kernels.sh --table DIR     (only the table, from an earlier run's DIR)
 #
 # BUILD_DIR defaults to build-bench (configured Release and built here). The
 # model is written once into $SDGEN_BENCH_DIR (default /tmp/sdgen-bench,
@@ -18,12 +19,15 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
+table_only=""
+if [ "${1:-}" = "--table" ]; then table_only="${2:?--table needs a folder}"; fi
 build="${1:-$repo/build-bench}"
 bench_dir="${SDGEN_BENCH_DIR:-/tmp/sdgen-bench}"
 tokenizers="${SDGEN_TOKENIZERS:-${SDGEN_FIXTURES:-$repo/../shared/fixtures}/tokenizers}"
 threads="${THREADS:-1 2}"
-out="$bench_dir/kernels-$(date +%Y%m%d-%H%M%S)"
+out="${table_only:-$bench_dir/kernels-$(date +%Y%m%d-%H%M%S)}"
 
+if [ -z "$table_only" ]; then
 cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j2 --target make_random_model generate >/dev/null
 mkdir -p "$bench_dir" "$out"
@@ -50,6 +54,7 @@ for t in $threads; do
   run fp32 "$t" -- --precision fp32
   run fast "$t" -- --precision fast
 done
+fi
 
 python3 - "$out" <<'PY'
 import glob, json, os, sys
@@ -78,8 +83,8 @@ print(f"| memory copy (read + write) | {L['copy_gbs_1_thread']:.1f} GB/s | {L['c
 print()
 labels = {'fp32-blas': 'fp32, OpenBLAS (before)', 'fp32': 'fp32, our kernels', 'fast': 'fast'}
 stages = ['unet step (B=2, CFG)', 'vae decode (1 image)', 'text encode (x2 CFG)']
-print("| mode | threads | GEMM | sgemm 2048³ | UNet step | VAE decode | text encode | load at start |")
-print("|---|---|---|---|---|---|---|---|")
+print("| mode | threads | GEMM | sgemm 2048³ | UNet step | VAE decode | step, decode per CPU-second | text encode | load at start |")
+print("|---|---|---|---|---|---|---|---|---|")
 for mode in ['fp32-blas', 'fp32', 'fast']:
     for t in threads:
         d = runs.get((mode, t))
@@ -94,13 +99,18 @@ for mode in ['fp32-blas', 'fp32', 'fast']:
             if d['precision'] == 'bf16' and d['limits'].get('bf16_dot_gflops'):
                 extra = f", {100 * s['gflops'] / d['limits']['bf16_dot_gflops']:.0f}% of bf16"
             cells.append(f"{s['seconds']:.2f} s, {s['gflops']:.0f} GFLOP/s, **{pct:.0f}%**{extra}")
+        # per CPU-second against the 1-thread limit: what one core achieves,
+        # robust to a shared machine's load (wall-clock % is not)
+        one = max(p['gflops_1_thread'] for p in d['limits']['probes'] if p['name'].startswith('fp32'))
+        cells.append(", ".join(f"{100 * st[n]['gflop_per_cpu_second'] / one:.0f}%" for n in stages[:2]))
         cells.append(f"{st[stages[2]]['seconds']:.2f} s")
         ce = d['sgemm_ceiling_gflops']
         sg = ce['bf16'] if d['precision'] == 'bf16' and ce.get('bf16') else ce['fp32']
         prec = d['precision'] + (' (fast)' if mode == 'fast' else '')
         print(f"| {labels[mode]}: {prec} | {t} | {d['gemm_kernels'] if mode != 'fp32-blas' else 'blas ' + d['blas_kernel']} "
               f"| {sg:.0f} GFLOP/s ({100 * sg / lim32:.0f}%) | " + " | ".join(cells) + f" | {d['loadavg_at_start']} |")
-print("\n% = of the fp32 FMA limit at the run's threads (bf16 runs also against the bf16 dot limit).")
+print("\n% = of the fp32 FMA limit at the run's threads (bf16 runs also against the bf16 dot limit);"
+      " per CPU-second: GFLOP per CPU-second of the process against the 1-thread fp32 limit.")
 if len(threads) > 1:
     print("\nScaling 1 -> %d threads (step time ratio):" % top, end=' ')
     parts = []

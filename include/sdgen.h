@@ -109,6 +109,10 @@ typedef struct sdgen_params {
    * AutoencoderTiny folder or madebyollin's taesd_*.safetensors / .pth files */
   const char *vae;
   int preview_every;           /* > 0: a tiny-VAE preview every N denoising steps */
+  /* 1: nothing is written to disk (no PNG, JSON or latents file, output_dir
+   * unused): each image comes back in sdgen_result as PNG bytes (with its
+   * `parameters` chunk) and its metadata as JSON text. For servers. */
+  int output_in_memory;
   /* callbacks */
   int (*on_progress)(int step, int total, double elapsed_s, void *user); /* nonzero: cancel */
   void (*on_event)(int kind, const char *text, void *user);
@@ -124,11 +128,25 @@ typedef struct sdgen_params {
 
 #define SDGEN_MAX_IMAGES 64
 
+/* What a generation made. The heap members are owned by the result: call
+ * sdgen_result_free after every sdgen_generate / sdgen_model_generate /
+ * sdgen_decode (also after a failure; it is safe on a zeroed result). */
 typedef struct sdgen_result {
   int count;
-  char images[SDGEN_MAX_IMAGES][4096];    /* PNG paths */
-  char metadata[SDGEN_MAX_IMAGES][4096];  /* JSON paths */
+  char images[SDGEN_MAX_IMAGES][4096];    /* PNG paths ("" with output_in_memory) */
+  char metadata[SDGEN_MAX_IMAGES][4096];  /* JSON paths ("" with output_in_memory) */
+  /* The seed of each image. A batch (params->n) is drawn from one generator
+   * as diffusers does, so every image of a batch has the request's seed; the
+   * image is reproduced by the same seed, n and index. */
+  uint64_t seeds[SDGEN_MAX_IMAGES];
+  char *infotext[SDGEN_MAX_IMAGES];      /* A1111 `parameters` text of each image */
+  char *metadata_json[SDGEN_MAX_IMAGES]; /* the JSON metadata text of each image */
+  unsigned char *png[SDGEN_MAX_IMAGES];  /* output_in_memory: the PNG file bytes */
+  size_t png_size[SDGEN_MAX_IMAGES];
 } sdgen_result;
+
+/* Frees the heap members of a result and zeroes it. */
+void sdgen_result_free(sdgen_result *result);
 
 sdgen_params sdgen_default_params(void);
 
@@ -142,7 +160,11 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *params, sdgen_result *res
 /* Finishes a generation whose VAE decode did not complete: decodes the
  * latents file written next to the output (output_<stamp>.latents.safetensors)
  * with the VAE of params->model (NULL: the model named in the file) and
- * writes the images as sdgen_generate would. */
+ * writes the images as sdgen_generate would, under the run's own stamp
+ * (output_<stamp>_<i>.png + .json), beside the latents file when
+ * params->output_dir is NULL, else in output_dir. The latents file is then
+ * removed as a run that decoded at once removes it (kept with keep_latents,
+ * and always kept when the decode fails). */
 int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *params, const char *latents_file,
                  sdgen_result *result);
 
@@ -163,18 +185,90 @@ int sdgen_bench(sdgen_ctx *ctx, const sdgen_params *params, const char *json_pat
  *
  *   sdgen_model *m;
  *   if (sdgen_model_load(ctx, &p, &m) == 0) {
- *     for (...) sdgen_model_generate(ctx, m, &p, &res);   // p.model ignored
+ *     for (...) {
+ *       sdgen_model_generate(ctx, m, &p, &res);   // p.model ignored
+ *       ...; sdgen_result_free(&res);
+ *     }
  *     sdgen_model_free(m);
  *   }
  *
- * A model handle keeps params->model (and its refiner, LoRAs and decoder as
- * given at load) mapped and parsed between generations; each generation
- * still runs the memory plan. A handle is used by one generation at a time. */
+ * Loading resolves params->model (hub cache or download), maps its weight
+ * files, parses the configs and tokenizers and binds the weights (nothing is
+ * read yet). The handle keeps these between generations, with the settings
+ * that shape the loaded model as given at load: model, config_dir,
+ * tokenizers_dir, prefer_fp16, clip_l/clip_g/t5/no_t5 and vae (the
+ * request's values of these are ignored). Everything else (prompt, size,
+ * steps, sampler, seed, LoRAs, refiner, upscale, output, callbacks) comes
+ * from each request's params. LoRAs (params->loras and <lora:> tags) are
+ * attached at load; a request with another LoRA set re-binds the handle's
+ * UNet model to it (mapping and parsing again, no weights read), the same
+ * set reuses it, merged copies included. Each generation still runs the memory plan;
+ * it first gives the pages of the handle's mappings back (the page cache
+ * keeps the files, a later touch is a minor fault), so the plan measures
+ * the process without them and counts the weights as it does for a fresh
+ * load. Refiners are mapped per generation. sdgen_generate is exactly
+ * load + generate + free. A handle is used by one generation at a time;
+ * separate contexts (one per request or worker thread) each have their own
+ * error message and cancel flag. */
 typedef struct sdgen_model sdgen_model;
 int sdgen_model_load(sdgen_ctx *ctx, const sdgen_params *params, sdgen_model **out);
 int sdgen_model_generate(sdgen_ctx *ctx, sdgen_model *model, const sdgen_params *params,
                          sdgen_result *result);
 void sdgen_model_free(sdgen_model *model);
+
+/* Validates every input a generation would need (parameters, the model
+ * name, the init image, the refiner, the upscaler, steps/strength
+ * combinations that leave a stage without a step) without loading any
+ * model; sdgen_generate and sdgen_model_generate run it first. */
+int sdgen_check_inputs(sdgen_ctx *ctx, const sdgen_params *params);
+
+/* ---- models on disk and in the Hugging Face cache ---- */
+
+/* Downloads a hub model (ORG/NAME or ORG/NAME/FILE) into the Hugging Face
+ * cache (or finds it there), with params->offline and params->on_download;
+ * the local path goes to path_out. */
+int sdgen_download(sdgen_ctx *ctx, const sdgen_params *params, const char *name,
+                   char *path_out, size_t path_n);
+
+/* The Hugging Face cache folder ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/...). */
+int sdgen_hub_cache_dir(sdgen_ctx *ctx, char *out, size_t n);
+
+typedef struct sdgen_model_entry {
+  const char *name;     /* what params->model takes: "ORG/NAME" for the hub
+                           cache, the folder or file name for a model dir */
+  const char *path;     /* local path (hub: the snapshot folder, "" if none) */
+  const char *source;   /* "hub" or "dir" */
+  const char *pipeline; /* "sd15", "sdxl", "sdxl-refiner", "sd3" or "" */
+  int64_t size_bytes;
+  int complete;         /* hub: every file present; dir: 1 */
+  int64_t partial_bytes; /* hub: interrupted downloads awaiting resume */
+} sdgen_model_entry;
+
+/* Lists the models of the Hugging Face cache (never touching the network)
+ * and, for each of the n_dirs folders in model_dirs, each model folder
+ * (model_index.json) or single .safetensors / .ckpt file directly under it,
+ * by its name there (model_dirs may be NULL). fn returning nonzero stops the
+ * walk. A folder that cannot be read is an error. */
+int sdgen_list_models(sdgen_ctx *ctx, const char *const *model_dirs, int n_dirs,
+                      int (*fn)(void *user, const sdgen_model_entry *m), void *user);
+
+/* Lists the LoRA files (.safetensors) under dir (recursively, names
+ * relative to dir without the extension, as <lora:NAME:SCALE> takes them). */
+int sdgen_list_loras(sdgen_ctx *ctx, const char *dir,
+                     int (*fn)(void *user, const char *name, const char *path), void *user);
+
+/* ---- helpers for clients ---- */
+
+/* Download progress renderer for a terminal (stderr), usable as
+ * params->on_download; user is ignored. */
+int sdgen_print_download_progress(void *user, const char *file, int64_t done, int64_t total,
+                                  double bytes_per_s);
+/* "1.5GB"-style sizes, and "600M" / "2G" / "1.5GB" parsed to bytes (-1: bad). */
+const char *sdgen_format_size(int64_t bytes, char *buf, size_t n);
+int64_t sdgen_parse_size(const char *text);
+/* Call first in main(): picks the BLAS kernels for this CPU (may re-execute
+ * the program once with the environment OpenBLAS needs). */
+void sdgen_process_init(char **argv);
 
 /* Message of the last failure on ctx ("" if none). */
 const char *sdgen_last_error(const sdgen_ctx *ctx);

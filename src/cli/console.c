@@ -3,7 +3,6 @@
 #include <stdio.h>
 #include <unistd.h>
 
-#include "io/hub.h"
 #include "sdgen.h"
 
 void console_init(console *c, int quiet, int verbose) {
@@ -51,5 +50,5 @@ int console_progress(int step, int total, double elapsed, void *user) {
 int console_download(void *user, const char *file, int64_t done, int64_t total, double rate) {
   console *c = user;
   if (c->quiet) return 0;
-  return sd_hub_progress_stderr(NULL, file, done, total, rate);
+  return sdgen_print_download_progress(NULL, file, done, total, rate);
 }

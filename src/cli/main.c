@@ -14,12 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "base/memprobe.h"
 #include "cli/commands.h"
 #include "cli/console.h"
 #include "cli/presets.h"
 #include "server/server.h"
-#include "tensor/blas_setup.h"
 #include "sdgen.h"
 
 #define DEFAULT_MODEL "Lykon/DreamShaper-8"
@@ -50,7 +48,7 @@ static void usage(FILE *f) {
           "       generate --list-presets | --list-models | --download MODEL\n"
           "       generate serve [options]    (HTTP API and web page; serve --help)\n"
           "       generate worker [options]   (Redis queue worker; worker --help)\n"
-          "       generate --decode LATENTS_FILE [--model M] [--output DIR]\n"
+          "       generate --decode LATENTS_FILE [--model M] [--output DIR (default: beside it)]\n"
           "       generate --bench [--model M] [--precision fp32|bf16|fast] [--size PX]\n"
           "                [--threads N] [--steps 1] [--json FILE]\n"
           "\n"
@@ -168,7 +166,7 @@ static int parse_lora(const char *v, sdgen_lora *out, char *buf, size_t n) {
 }
 
 int main(int argc, char **argv) {
-  sd_blas_select_kernels(argv);
+  sdgen_process_init(argv);
   /* generate serve / generate worker: the HTTP server and the Redis worker */
   if (argc > 1 && !strcmp(argv[1], "serve")) return srv_serve_main(argc - 1, argv + 1);
   if (argc > 1 && !strcmp(argv[1], "worker")) return srv_worker_main(argc - 1, argv + 1);
@@ -179,6 +177,7 @@ int main(int argc, char **argv) {
   int quiet = 0, verbose = 0;
   const char *prompt = NULL, *quality = NULL, *style_name = NULL;
   const char *download = NULL, *decode = NULL, *bench_json = NULL;
+  int output_given = 0;
   int list_presets = 0, list_models = 0, bench = 0;
   long long v;
   for (int i = 1; i < argc; i++) {
@@ -374,6 +373,7 @@ int main(int argc, char **argv) {
     } else if (IS("--output") || IS("-o")) {
       NEED_VALUE;
       p.output_dir = val;
+      output_given = 1;
     } else if (IS("--tokenizers")) {
       NEED_VALUE;
       p.tokenizers_dir = val;
@@ -407,7 +407,7 @@ int main(int argc, char **argv) {
       }
     } else if (IS("--max-memory")) {
       NEED_VALUE;
-      p.max_memory = sd_parse_size(val);
+      p.max_memory = sdgen_parse_size(val);
       if (p.max_memory <= 0) {
         fprintf(stderr, "error: --max-memory expects a size like 4G or 600M, got '%s'\n", val);
         return 2;
@@ -452,7 +452,10 @@ int main(int argc, char **argv) {
     if (!p.prediction_type) p.prediction_type = pr->prediction_type;
     p.lcm_auto = pr->lcm_auto;
   }
-  if (decode) return cmd_decode(decode, &p, &con); /* model: --model or the file's */
+  if (decode) { /* beside the latents file unless --output says otherwise */
+    if (!output_given) p.output_dir = NULL;
+    return cmd_decode(decode, &p, &con);
+  } /* model: --model or the file's */
   if (!p.model) p.model = DEFAULT_MODEL;
   if (bench_json && !bench) {
     fprintf(stderr, "error: --json goes with --bench\n");
@@ -511,10 +514,12 @@ int main(int argc, char **argv) {
   if (rc) {
     fprintf(stderr, "error: %s\n", sdgen_last_error(ctx));
     int cancelled = strcmp(sdgen_last_error(ctx), "cancelled") == 0;
+    sdgen_result_free(&res);
     sdgen_ctx_free(ctx);
     return cancelled ? 130 : 1;
   }
   for (int i = 0; i < res.count; i++) printf("%s\n", res.images[i]);
+  sdgen_result_free(&res);
   sdgen_ctx_free(ctx);
   return 0;
 }

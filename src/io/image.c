@@ -378,6 +378,28 @@ done:
   return st;
 }
 
+int sd_image_encode_png(const sd_image *img, const sd_png_text *texts, int n_text,
+                        unsigned char **out, size_t *size, sd_error *err) {
+  *out = NULL;
+  *size = 0;
+  if (!img || !img->data || img->width <= 0 || img->height <= 0 ||
+      (img->channels != 3 && img->channels != 4))
+    return sd_fail(err, SD_ERR_ARG, "cannot encode an empty or invalid image");
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *fp = open_memstream(&buf, &len);
+  if (!fp) return sd_fail(err, SD_ERR_OOM, "out of memory encoding a PNG");
+  int st = png_encode_to(fp, img, texts, n_text, err, "(memory)");
+  if (fclose(fp) != 0 && !st) st = sd_fail(err, SD_ERR_OOM, "out of memory encoding a PNG");
+  if (st) {
+    free(buf);
+    return st;
+  }
+  *out = (unsigned char *)buf;
+  *size = len;
+  return SD_OK;
+}
+
 int sd_image_write_png(const char *path, const sd_image *img,
                        const sd_png_text *texts, int n_text, sd_error *err) {
   if (!img || !img->data || img->width <= 0 || img->height <= 0 ||

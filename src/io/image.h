@@ -55,6 +55,11 @@ typedef struct sd_png_text {
 int sd_image_write_png(const char *path, const sd_image *img,
                        const sd_png_text *texts, int n_text, sd_error *err);
 
+/* The same PNG in memory: *out (malloc'd, the caller frees it with free())
+ * holds *size bytes. */
+int sd_image_encode_png(const sd_image *img, const sd_png_text *texts, int n_text,
+                        unsigned char **out, size_t *size, sd_error *err);
+
 /* Reads the value of the first tEXt/iTXt/zTXt chunk named `key` from a PNG,
  * as UTF-8 (tEXt/zTXt Latin-1 is converted). *value is a NUL-terminated
  * copy from sd_alloc (free with sd_free), or NULL with SD_OK when the file

@@ -152,11 +152,36 @@ int gen_open_vae(const char *path, int prefer_fp16, const char *config_dir, sd_w
   return rc;
 }
 
-int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *p, const char *latents_file,
+/* The run's folder and stamp from its latents file: FILE's folder, and the
+ * <stamp> of output_<stamp>.latents.safetensors (0 when the name has none). */
+static int run_of_latents(const char *file, char *dir, size_t dn, char *stamp, size_t sn) {
+  const char *slash = strrchr(file, '/');
+  const char *base = slash ? slash + 1 : file;
+  if (!slash) snprintf(dir, dn, ".");
+  else if (slash == file) snprintf(dir, dn, "/");
+  else snprintf(dir, dn, "%.*s", (int)(slash - file), file);
+  static const char pre[] = "output_", suf[] = ".latents.safetensors";
+  size_t len = strlen(base), lp = sizeof pre - 1, ls = sizeof suf - 1;
+  if (len <= lp + ls || strncmp(base, pre, lp) != 0 || strcmp(base + len - ls, suf) != 0 ||
+      len - lp - ls >= sn)
+    return 0;
+  snprintf(stamp, sn, "%.*s", (int)(len - lp - ls), base + lp);
+  return 1;
+}
+
+int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *params, const char *latents_file,
                  sdgen_result *res) {
   sd_error *err = &ctx->err;
   sd_error_clear(err);
   memset(res, 0, sizeof *res);
+  /* The images go beside the latents file, under its run's stamp: a run
+   * finished by --decode looks as if its decode had never failed. */
+  char run_dir[4096], run_stamp[64];
+  int have_stamp = run_of_latents(latents_file, run_dir, sizeof run_dir, run_stamp,
+                                  sizeof run_stamp);
+  sdgen_params q = *params;
+  if (!q.output_dir) q.output_dir = run_dir;
+  const sdgen_params *p = &q;
   gen_run r = {.ctx = ctx, .p = p, .err = err};
   sd_monitor_init(&r.mon, NULL, NULL);
   sd_weights *lw = NULL, *vw = NULL;
@@ -167,7 +192,7 @@ int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *p, const char *latents_file
   if (p->model) snprintf(model, sizeof model, "%s", p->model);
   if (!model[0])
     return sd_fail(err, SD_ERR_ARG, "%s does not name its model: pass --model", latents_file);
-  if ((rc = sd_prepare_output_dir(p->output_dir, err))) return rc;
+  if (!p->output_in_memory && (rc = sd_prepare_output_dir(p->output_dir, err))) return rc;
   if (p->threads > 0) sd_set_threads(p->threads);
   sd_precision prec;
   if ((rc = sd_parse_precision(p->precision, &prec, err))) return rc;
@@ -201,10 +226,14 @@ int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *p, const char *latents_file
   r.width = w * f;
   r.height = h * f;
   r.model_type = "decode";
-  time_t now = time(NULL);
-  struct tm tmv;
-  localtime_r(&now, &tmv);
-  strftime(r.stamp, sizeof r.stamp, "%Y%m%d_%H%M%S", &tmv);
+  if (have_stamp) {
+    snprintf(r.stamp, sizeof r.stamp, "%s", run_stamp);
+  } else {
+    time_t now = time(NULL);
+    struct tm tmv;
+    localtime_r(&now, &tmv);
+    strftime(r.stamp, sizeof r.stamp, "%Y%m%d_%H%M%S", &tmv);
+  }
   r.images = sd_alloc(sizeof(float) * n * 3 * r.width * r.height);
   float *lat = sd_alloc(sizeof(float) * n * C * h * w);
   if (!r.images || !lat) {
@@ -236,6 +265,8 @@ int sdgen_decode(sdgen_ctx *ctx, const sdgen_params *p, const char *latents_file
   r.out_width = r.width;
   r.out_height = r.height;
   if (!rc) rc = gen_save(&r, res);
+  /* as a run that decoded at once: the latents go once the images and
+   * their metadata are complete, unless asked to keep them */
   if (!rc && !p->keep_latents) unlink(latents_file);
 done:
   gen_free_vaes(&r);

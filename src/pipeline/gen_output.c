@@ -5,6 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "io/image.h"
+
 #include "io/model_dir.h"
 #include "pipeline/generate_internal.h"
 #include "tensor/ops.h"
@@ -32,6 +34,34 @@ static const char *base_name(const char *path) {
   return s;
 }
 
+void gen_model_display_name(const char *given, const char *path, char *out, size_t n) {
+  /* a path inside the Hugging Face cache: .../models--ORG--NAME/snapshots/<commit>[/file] */
+  const char *repo = path ? strstr(path, "/models--") : NULL;
+  if (!repo && path && strncmp(path, "models--", 8) == 0) repo = path - 1;
+  if (repo) {
+    repo += 9;
+    const char *sep = strstr(repo, "--"), *end = strchr(repo, '/');
+    if (sep && (!end || sep < end)) {
+      int org = (int)(sep - repo);
+      int name = end ? (int)(end - sep - 2) : (int)strlen(sep + 2);
+      const char *file = NULL;
+      if (end && strncmp(end, "/snapshots/", 11) == 0) {
+        file = strchr(end + 11, '/'); /* a single file of the repo */
+        if (file && !file[1]) file = NULL;
+      }
+      snprintf(out, n, "%.*s/%.*s%s%s", org, repo, name, sep + 2, file ? "/" : "",
+               file ? file + 1 : "");
+      return;
+    }
+  }
+  /* a hub name resolved through the cache (not a path we were given) */
+  if (given && !sd_is_file(given) && !sd_is_dir(given)) {
+    snprintf(out, n, "%s", given);
+    return;
+  }
+  snprintf(out, n, "%s", base_name(path ? path : given ? given : ""));
+}
+
 /* File name of a LoRA without folder and extension (A1111's LoRA name). */
 static const char *lora_stem(const char *path) {
   static __thread char stem[256];
@@ -42,10 +72,10 @@ static const char *lora_stem(const char *path) {
 }
 
 /* "prompt\nNegative prompt: ...\nSteps: 30, Sampler: ..., Seed: 42, ..." */
-static void a1111_parameters(const gen_run *r, char *buf, size_t n) {
+void gen_infotext(const gen_run *r, char *buf, size_t n) {
   const sdgen_params *p = r->p;
-  char model[256];
-  snprintf(model, sizeof model, "%s", base_name(r->model_path));
+  char model[1024], refiner[1024];
+  gen_model_display_name(p->model, r->model_path, model, sizeof model);
   /* A1111 keeps LoRAs in the prompt as <lora:name:scale>: the given ones
    * are there already, those from params->loras are appended */
   size_t u = (size_t)snprintf(buf, n, "%s", p->prompt);
@@ -65,7 +95,10 @@ static void a1111_parameters(const gen_run *r, char *buf, size_t n) {
   if (p->init_image && u < n)
     u += (size_t)snprintf(buf + u, n - u, ", Denoising strength: %g", p->strength);
   if (r->refiner_mode && u < n)
-    u += (size_t)snprintf(buf + u, n - u, ", Refiner: %s", base_name(r->refiner_path));
+    u += (size_t)snprintf(buf + u, n - u, ", Refiner: %s",
+                          (gen_model_display_name(p->refiner, r->refiner_path, refiner,
+                                                  sizeof refiner),
+                           refiner));
   if (r->upscale_method[0] && u < n)
     u += (size_t)snprintf(buf + u, n - u, ", Upscale: %dx %s", p->upscale, r->upscale_method);
   if (p->timestep_spacing && u < n)
@@ -129,9 +162,11 @@ static cJSON *metadata(const gen_run *r, int index, const char *png_name) {
     cJSON_AddStringToObject(o, "init_image", p->init_image);
     cJSON_AddNumberToObject(o, "strength", p->strength);
   }
+  char display[1024];
   cJSON *model = cJSON_AddObjectToObject(o, "model");
   if (model) {
-    cJSON_AddStringToObject(model, "name", p->model ? p->model : "");
+    gen_model_display_name(p->model, r->model_path, display, sizeof display);
+    cJSON_AddStringToObject(model, "name", display);
     cJSON_AddStringToObject(model, "path", r->model_path);
     cJSON_AddStringToObject(model, "type", r->model_type ? r->model_type : "?");
   }
@@ -148,6 +183,8 @@ static cJSON *metadata(const gen_run *r, int index, const char *png_name) {
   if (r->refiner_mode) {
     cJSON *ref = cJSON_AddObjectToObject(o, "refiner");
     if (ref) {
+      gen_model_display_name(p->refiner, r->refiner_path, display, sizeof display);
+      cJSON_AddStringToObject(ref, "name", display);
       cJSON_AddStringToObject(ref, "path", r->refiner_path);
       cJSON_AddStringToObject(ref, "mode", r->refiner_mode);
       if (strcmp(r->refiner_mode, "latent") == 0) {
@@ -216,21 +253,62 @@ static cJSON *metadata(const gen_run *r, int index, const char *png_name) {
   return o;
 }
 
+static char *dup_text(const char *t) {
+  size_t n = strlen(t) + 1;
+  char *d = malloc(n); /* the caller frees it with sdgen_result_free */
+  if (d) memcpy(d, t, n);
+  return d;
+}
+
+/* Fills image b of res in memory (seed, texts, PNG bytes when asked). */
+static int result_entry(gen_run *r, sdgen_result *res, int b, const char *params_text,
+                        const char *json_text) {
+  res->seeds[b] = r->p->seed;
+  res->infotext[b] = dup_text(params_text);
+  res->metadata_json[b] = dup_text(json_text);
+  if (!res->infotext[b] || !res->metadata_json[b])
+    return sd_fail(r->err, SD_ERR_OOM, "out of memory");
+  if (!r->p->output_in_memory) return SD_OK;
+  sd_png_text text = {"parameters", params_text};
+  return sd_image_encode_png(&r->final[b], &text, 1, &res->png[b], &res->png_size[b], r->err);
+}
+
+static int save_in_memory(gen_run *r, sdgen_result *res) {
+  char params_text[8192];
+  int rc = SD_OK;
+  gen_infotext(r, params_text, sizeof params_text);
+  sd_monitor_stage(&r->mon, "On completion");
+  for (int b = 0; b < r->n && !rc; b++) {
+    char png_base[300];
+    snprintf(png_base, sizeof png_base, "output_%s_%d.png", r->stamp, b);
+    cJSON *meta = metadata(r, b, png_base);
+    char *text_json = meta ? cJSON_Print(meta) : NULL;
+    cJSON_Delete(meta);
+    rc = text_json ? result_entry(r, res, b, params_text, text_json)
+                   : sd_fail(r->err, SD_ERR_OOM, "out of memory");
+    free(text_json);
+    res->count = b + 1;
+  }
+  if (rc) sdgen_result_free(res);
+  return rc;
+}
+
 int gen_save(gen_run *r, sdgen_result *res) {
   const sdgen_params *p = r->p;
+  if (p->output_in_memory) return save_in_memory(r, res);
   char png[SDGEN_MAX_IMAGES][4096], name[SDGEN_MAX_IMAGES][256];
-  int rc = SD_OK, written = 0;
+  int rc = SD_OK, written = 0, json_written = 0;
+  char params_text[8192];
+  gen_infotext(r, params_text, sizeof params_text);
   /* Images first, then the completion record, then every image's metadata
    * (so each JSON holds the whole run, "On completion" included). */
   for (int b = 0; b < r->n && !rc; b++) {
-    char params_text[8192];
     int k = 0;
     do { /* never overwrite an earlier image */
       snprintf(name[b], sizeof name[b], k ? "output_%s_%d_%d" : "output_%s_%d", r->stamp, b, k);
       snprintf(png[b], sizeof png[b], "%.3800s/%s.png", p->output_dir, name[b]);
       k++;
     } while (sd_is_file(png[b]) && k < 1000);
-    a1111_parameters(r, params_text, sizeof params_text);
     sd_png_text text = {"parameters", params_text};
     rc = sd_image_write_png(png[b], &r->final[b], &text, 1, r->err);
     if (!rc) written++;
@@ -248,6 +326,8 @@ int gen_save(gen_run *r, sdgen_result *res) {
       break;
     }
     rc = sd_write_text_atomic(json, text_json, r->err);
+    if (!rc) json_written++;
+    if (!rc) rc = result_entry(r, res, res->count, params_text, text_json);
     free(text_json);
     if (rc) break;
     snprintf(res->images[res->count], sizeof res->images[0], "%s", png[b]);
@@ -256,8 +336,12 @@ int gen_save(gen_run *r, sdgen_result *res) {
   }
   if (rc) { /* no image without its metadata */
     for (int b = 0; b < written; b++) unlink(png[b]);
-    for (int b = 0; b < res->count; b++) unlink(res->metadata[b]);
-    res->count = 0;
+    for (int b = 0; b < json_written; b++) {
+      char json[4096];
+      snprintf(json, sizeof json, "%.3800s/%s.json", p->output_dir, name[b]);
+      unlink(json);
+    }
+    sdgen_result_free(res);
   }
   return rc;
 }

@@ -123,7 +123,7 @@ static int relay_prediction(int i, const float *v, const float *x, void *user) {
 
 int gen_base_sd3(gen_run *r) {
   const sdgen_params *p = r->p;
-  sd3_pipeline *pp = NULL;
+  sd3_pipeline *pp = NULL, *own_pp = NULL; /* own_pp: reopened without T5, freed here */
   sd3_models mods = {0};
   cJSON *scfg = NULL;
   sd_mmdit *m = NULL;
@@ -142,7 +142,7 @@ int gen_base_sd3(gen_run *r) {
                    p->lcm_auto ? "the LCM recipe"
                    : p->timestep_spacing ? "--timestep-spacing" : "--prediction-type");
   double t = sd_now();
-  if ((rc = sd3_pipeline_open(&pp, &src, r->err))) return rc;
+  pp = r->model->sd3; /* opened by sdgen_model_load, kept by the handle */
   /* Bind (not read) the transformer and the VAE: their shapes size the plan. */
   if ((rc = sd3_pipeline_bind_models(pp, &mods, r->err))) goto done;
   m = mods.mmdit;
@@ -154,7 +154,7 @@ int gen_base_sd3(gen_run *r) {
         (rc = sd_adapter_attach_side(lora, r->err)))
       goto done;
   }
-  r->t_load = sd_now() - t;
+  r->t_load += sd_now() - t;
   sd_monitor_stage(&r->mon, "After model load");
   r->model_type = "sd3";
   int f = sd_vae_downscale(vae), C = m->cfg.in_channels;
@@ -241,14 +241,14 @@ int gen_base_sd3(gen_run *r) {
     r->dry_run_done = 1;
     goto done;
   }
-  if (no_t5 != p->no_t5) { /* reopen without T5 */
-    sd3_pipeline_free(pp);
-    pp = NULL;
+  if (no_t5 != p->no_t5) { /* reopen without T5 (the handle keeps its own); the bound
+                             * transformer and VAE own their weights and stay */
     src.skip_t5 = 1;
-    if ((rc = sd3_pipeline_open(&pp, &src, r->err))) goto done;
+    if ((rc = sd3_pipeline_open(&own_pp, &src, r->err))) goto done;
+    pp = own_pp;
   }
 
-  if (r->plan.level >= SD_PLAN_STREAMING) sd3_pipeline_set_encoder_streaming(pp, 1);
+  sd3_pipeline_set_encoder_streaming(pp, r->plan.level >= SD_PLAN_STREAMING);
   sd_monitor_cleanup(&r->mon, "Cleaning memory before generation...");
   sd_monitor_stage(&r->mon, "Before generation");
   t = sd_now();
@@ -315,9 +315,9 @@ int gen_base_sd3(gen_run *r) {
   r->t_denoise = sd_now() - t;
   if (rc) goto done;
   sd_monitor_stage(&r->mon, "After generation");
-  snprintf(r->latents_path, sizeof r->latents_path, "%s/output_%s.latents.safetensors",
-           p->output_dir, r->stamp);
-  {
+  if (!p->output_in_memory) { /* nothing goes to disk in memory mode */
+    snprintf(r->latents_path, sizeof r->latents_path, "%s/output_%s.latents.safetensors",
+             p->output_dir, r->stamp);
     sd_tensor lt = {.dtype = SD_F32, .ndim = 4, .shape = {n, C, h, w}, .data = lat};
     sd_named_tensor nt = {"latents", &lt};
     if ((rc = sd_write_latents(r->latents_path, &nt, r->model_path, r->err))) goto done;
@@ -354,6 +354,6 @@ done:
   cJSON_Delete(scfg);
   sd3_models_free(pp, &mods);
   sd_adapter_free(lora); /* after the transformer set that points at its terms */
-  sd3_pipeline_free(pp);
+  sd3_pipeline_free(own_pp);
   return rc;
 }

@@ -14,18 +14,6 @@
 #include "pipeline/unet_pipeline.h"
 #include "tensor/ops.h"
 
-/* Loads `path` as a UNet-family model, reporting load time. */
-static int load_model(gen_run *r, const char *path, sd_unet_model **m) {
-  const sdgen_params *p = r->p;
-  double t = sd_now();
-  sd_load_options lo = {.path = path, .config_dir = p->config_dir,
-                        .tokenizers_dir = p->tokenizers_dir, .prefer_fp16 = p->prefer_fp16,
-                        .loras = r->lora_specs, .n_loras = r->n_loras};
-  int rc = sd_unet_model_load(m, &lo, r->err);
-  r->t_load += sd_now() - t;
-  return rc;
-}
-
 /* LoRAs are merged below weight streaming (room for the F32 copies) and
  * stay a side path when weights are streamed. */
 static int lora_merged(const sd_plan *pl) {
@@ -52,7 +40,12 @@ static int encode(gen_run *r, sd_unet_model *m, const sd_plan *pl, int n, float 
   r->t_encode += sd_now() - t;
   if (rc) return rc;
   if (!pl || pl->level != SD_PLAN_RESIDENT) {
-    sd_unet_model_drop_text_encoders(m);
+    if (m == r->model->unet && !m->adapter) { /* a handle keeps them parsed and mapped */
+      if (m->w_te1) sd_weights_release_pages(m->w_te1);
+      if (m->w_te2) sd_weights_release_pages(m->w_te2);
+    } else { /* merged LoRA copies go with them (a handle reloads them next run) */
+      sd_unet_model_drop_text_encoders(m);
+    }
     sd_monitor_cleanup(&r->mon, "Releasing text encoders...");
   }
   if (lora_merged(pl) && m->adapter &&
@@ -64,6 +57,7 @@ static int encode(gen_run *r, sd_unet_model *m, const sd_plan *pl, int n, float 
 /* Saves latents next to the output before the decode (nothing lost). */
 static int save_latents(gen_run *r, const float *lat, int n, int C, int h, int w,
                         const char *model) {
+  if (r->p->output_in_memory) return SD_OK; /* nothing goes to disk */
   snprintf(r->latents_path, sizeof r->latents_path, "%s/output_%s.latents.safetensors",
            r->p->output_dir, r->stamp);
   sd_tensor lt = {.dtype = SD_F32, .ndim = 4, .shape = {n, C, h, w}, .data = (void *)lat};
@@ -495,7 +489,8 @@ int gen_base_unet(gen_run *r) {
   sd_conditioning cond = {0};
   float *lat = NULL, *init = NULL, *noise = NULL, *tcond = NULL;
   cJSON *overrides = NULL;
-  int rc = load_model(r, r->model_path, &m);
+  /* the handle's model, reloaded when this run's LoRA set differs */
+  int rc = gen_model_unet(r, &m);
   if (rc) return rc;
   sd_monitor_stage(&r->mon, "After model load");
   r->model_type = sd_model_family_name(m->family);
@@ -633,7 +628,6 @@ done:
   cJSON_Delete(overrides);
   sd_conditioning_free(&cond);
   sd_scheduler_free(sched);
-  sd_unet_model_free(m);
   return rc;
 }
 

@@ -10,31 +10,14 @@
 #include "pipeline/generate_internal.h"
 #include "pipeline/upscale_lanczos.h"
 
-static int ends_with(const char *s, const char *suffix) {
-  size_t a = strlen(s), b = strlen(suffix);
-  return a >= b && strcmp(s + a - b, suffix) == 0;
-}
-
 /* Real-ESRGAN at the network's scale, repeated x2 nets for 4x. */
 static int upscale_rrdbnet(gen_run *r, const char *path) {
   sd_weights *w = NULL;
   sd_pth *pth = NULL;
   sd_rrdbnet *net = NULL;
-  int rc;
-  if (ends_with(path, ".pth")) {
-    rc = sd_pth_open(&pth, path, r->err);
-    if (!rc) rc = sd_rrdbnet_init_pth(&net, pth, r->err);
-  } else {
-    rc = sd_weights_open(&w, path, r->err);
-    if (!rc) rc = sd_rrdbnet_init(&net, w, r->err);
-  }
+  int rc = gen_open_upscaler(path, r->p->upscale, &w, &pth, &net, r->err);
   if (rc) goto done;
   int scale = sd_rrdbnet_config_of(net)->scale;
-  if (scale < 2 || r->p->upscale % scale) {
-    rc = sd_fail(r->err, SD_ERR_ARG, "upscaler %s is x%d, which cannot give --upscale %d", path,
-                 scale, r->p->upscale);
-    goto done;
-  }
   sd_realesrgan_params rp = sd_realesrgan_default_params();
   /* Tiles bound the activations (the untiled network at 1024x1024 needs
    * several GB); 256 is within RealESRGANer's usual settings. */

@@ -245,54 +245,6 @@ int gen_model_family(const char *path, const char **family, sd_error *err) {
   return model_family(path, family, err);
 }
 
-/* Checks that need the models' identities but no weights: refiner
- * compatibility and the init image, before anything is loaded. */
-static int precheck(gen_run *r, char *refiner_path, size_t n) {
-  const sdgen_params *p = r->p;
-  int rc;
-  if (p->init_image) {
-    sd_image img = {0};
-    if ((rc = sd_image_read(p->init_image, &img, r->err))) return rc;
-    int ok = (!p->width || img.width == p->width) && (!p->height || img.height == p->height);
-    if (!ok)
-      rc = sd_fail(r->err, SD_ERR_ARG,
-                   "init image %s is %dx%d but --width/--height ask for %dx%d", p->init_image,
-                   img.width, img.height, p->width ? p->width : img.width,
-                   p->height ? p->height : img.height);
-    else if (img.width % 8 || img.height % 8)
-      rc = sd_fail(r->err, SD_ERR_ARG, "init image %s is %dx%d: width and height must be "
-                   "multiples of 8", p->init_image, img.width, img.height);
-    sd_image_free(&img);
-    if (rc) return rc;
-  }
-  const char *base, *ref;
-  if ((rc = gen_resolve_loras(r))) return rc;
-  if ((rc = gen_open_vaes(r))) return rc;
-  if (r->n_loras && ((rc = model_family(r->model_path, &base, r->err)) ||
-                     (rc = gen_check_loras(r, base))))
-    return rc;
-  if (!p->refiner) return SD_OK;
-  if ((rc = sd_resolve_model(p, p->refiner, refiner_path, n, r->err))) return rc;
-  if ((rc = model_family(r->model_path, &base, r->err)) ||
-      (rc = model_family(refiner_path, &ref, r->err)))
-    return rc;
-  if (!ref[0]) return sd_fail(r->err, SD_ERR_FORMAT, "refiner %s is not a model we know", p->refiner);
-  if (strcmp(ref, "sd3") == 0)
-    return sd_fail(r->err, SD_ERR_ARG, "refiner %s is an SD3 model; use an SDXL refiner (or an "
-                   "SD 1.5 model after SD 1.5)", p->refiner);
-  if (strcmp(base, "sd1") == 0 && strcmp(ref, "sd1") != 0)
-    return sd_fail(r->err, SD_ERR_ARG, "an %s refiner cannot follow an SD 1.5 model: use an SD "
-                   "1.5 model as refiner", ref);
-  if (base[0] && strcmp(base, "sd1") != 0 && strcmp(ref, "sd1") == 0)
-    return sd_fail(r->err, SD_ERR_ARG, "an SD 1.5 refiner cannot follow an %s model: use the "
-                   "SDXL refiner", base);
-  if (p->refiner_switch > 0 && (strcmp(base, "sdxl") != 0 || strcmp(ref, "sdxl-refiner") != 0))
-    return sd_fail(r->err, SD_ERR_ARG, "--refiner-switch hands SDXL latents to the SDXL refiner; "
-                   "%s latents cannot go to a %s model", base[0] ? base : "these", ref);
-  return SD_OK;
-}
-
-
 int gen_progress(int step, int total, void *user) {
   gen_run *r = user;
   if (r->ctx->cancel) return 1;
@@ -324,16 +276,65 @@ static int quantize(gen_run *r) {
   return SD_OK;
 }
 
+void sdgen_result_free(sdgen_result *res) {
+  if (!res) return;
+  for (int i = 0; i < SDGEN_MAX_IMAGES; i++) {
+    free(res->infotext[i]);
+    free(res->metadata_json[i]);
+    free(res->png[i]);
+  }
+  memset(res, 0, sizeof *res);
+}
+
+int sdgen_check_inputs(sdgen_ctx *ctx, const sdgen_params *p) {
+  sd_error_clear(&ctx->err);
+  int rc = sd_validate_params(p, &ctx->err);
+  if (rc) return rc;
+  char path[4096];
+  if ((rc = sd_resolve_model(p, p->model, path, sizeof path, &ctx->err))) return rc;
+  sdgen_params lcm_p; /* params->lcm_auto: the params with the LCM recipe */
+  sdgen_lora *lcm_loras = NULL;
+  if (p->lcm_auto) {
+    if ((rc = gen_lcm_params(path, p, &lcm_p, &lcm_loras, &ctx->err))) return rc;
+    p = &lcm_p;
+  }
+  rc = gen_validate_inputs(p, path, NULL, 0, &ctx->err);
+  sd_free(lcm_loras);
+  return rc;
+}
+
+/* Load, generate, free: a one-shot run is a resident model used once.
+ * Every input is checked before the model is loaded. */
 int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *p, sdgen_result *res) {
+  memset(res, 0, sizeof *res);
+  ctx->cancel = 0;
+  int rc = sdgen_check_inputs(ctx, p);
+  if (rc) return rc;
+  sdgen_model *m = NULL;
+  if ((rc = sdgen_model_load(ctx, p, &m))) return rc;
+  rc = gen_run_model(ctx, m, p, res); /* the load params are this run's */
+  sdgen_model_free(m);
+  return rc;
+}
+
+static int run_model(sdgen_ctx *ctx, sdgen_model *model, const sdgen_params *p,
+                     sdgen_result *res) {
   sd_error *err = &ctx->err;
   sd_error_clear(err);
   memset(res, 0, sizeof *res);
-  ctx->cancel = 0;
-  gen_run r = {.ctx = ctx, .p = p, .err = err, .n = p->n, .steps = p->steps};
+  gen_run r = {.ctx = ctx, .p = p, .model = model, .err = err, .n = p->n, .steps = p->steps};
   sd_monitor_init(&r.mon, on_monitor_event, &r);
   int rc = sd_validate_params(p, err);
   if (rc) return rc;
-  if ((rc = sd_prepare_output_dir(p->output_dir, err))) return rc;
+  snprintf(r.model_path, sizeof r.model_path, "%s", model->path);
+  /* this run's LoRA files, its prompt without tags, its tiny VAEs */
+  if ((rc = gen_validate_inputs(p, r.model_path, r.refiner_path, sizeof r.refiner_path, err)) ||
+      (rc = gen_resolve_loras(&r)) || (rc = gen_open_vaes(&r)) ||
+      (!p->output_in_memory && (rc = sd_prepare_output_dir(p->output_dir, err)))) {
+    gen_free_loras(&r);
+    gen_free_vaes(&r);
+    return rc;
+  }
   if (p->threads > 0) sd_set_threads(p->threads);
   sd_precision prec;
   sd_parse_precision(p->precision, &prec, err); /* validated above */
@@ -348,22 +349,15 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *p, sdgen_result *res) {
   localtime_r(&now, &tmv);
   strftime(r.stamp, sizeof r.stamp, "%Y%m%d_%H%M%S", &tmv);
 
-  sdgen_params lcm_p; /* params->lcm_auto: the params with the LCM recipe */
-  sdgen_lora *lcm_loras = NULL;
   sd_monitor_stage(&r.mon, "Before model load");
-  if ((rc = sd_resolve_model(p, p->model, r.model_path, sizeof r.model_path, err))) goto fail;
-  if (p->lcm_auto) {
-    if ((rc = gen_lcm_params(r.model_path, p, &lcm_p, &lcm_loras, err))) goto fail;
-    r.p = &lcm_p;
-  }
-  if ((rc = precheck(&r, r.refiner_path, sizeof r.refiner_path))) goto fail;
+  /* the handle's load time goes to its first generation's metadata */
+  r.t_load = model->generations++ ? 0.0 : model->t_load;
   /* Recovery: an allocation failure inside the base stage is retried (at
    * most twice) with the next more frugal memory plan. */
   r.min_level = p->min_plan;
   for (int attempt = 0;; attempt++) {
-    const char *family;
-    rc = model_family(r.model_path, &family, err);
-    if (!rc) rc = strcmp(family, "sd3") == 0 ? gen_base_sd3(&r) : gen_base_unet(&r);
+    gen_model_begin_run(model);
+    rc = strcmp(model->family, "sd3") == 0 ? gen_base_sd3(&r) : gen_base_unet(&r);
     if (rc != SD_ERR_OOM || attempt == 2 || r.dry_run_done || ctx->cancel || r.refused ||
         (r.have_plan && r.plan.level >= SD_PLAN_STREAMING && r.plan.peak > r.plan.budget))
       break;
@@ -389,6 +383,7 @@ int sdgen_generate(sdgen_ctx *ctx, const sdgen_params *p, sdgen_result *res) {
     goto fail;                                                      \
   }
   STOP_IF_CANCELLED();
+  gen_model_release_pages(model); /* mapped and parsed, out of RSS until the next run */
   sd_monitor_cleanup(&r.mon, "Unloading the base model...");
   if (p->refiner && (rc = gen_refine(&r))) goto fail;
   STOP_IF_CANCELLED();
@@ -415,11 +410,25 @@ fail:
 done:
   gen_free_loras(&r);
   gen_free_vaes(&r);
-  sd_free(lcm_loras);
   sd_free(r.images);
   sd_free(r.handoff);
   for (int b = 0; r.final && b < r.n; b++) sd_image_free(&r.final[b]);
   sd_free(r.final);
   sd_alloc_trim();
+  return rc;
+}
+
+/* One generation on a handle; params->lcm_auto becomes the LCM recipe
+ * (sampler, guidance, the family's LCM-LoRA) for this run first. */
+int gen_run_model(sdgen_ctx *ctx, sdgen_model *model, const sdgen_params *p,
+                  sdgen_result *res) {
+  if (!p->lcm_auto) return run_model(ctx, model, p, res);
+  sdgen_params lcm_p;
+  sdgen_lora *lcm_loras = NULL;
+  memset(res, 0, sizeof *res);
+  sd_error_clear(&ctx->err);
+  int rc = gen_lcm_params(model->path, p, &lcm_p, &lcm_loras, &ctx->err);
+  if (!rc) rc = run_model(ctx, model, &lcm_p, res);
+  sd_free(lcm_loras);
   return rc;
 }

@@ -28,9 +28,29 @@ typedef struct gen_lora {
   char hash[13]; /* A1111's short hash (io/sha256.h), "" when unreadable */
 } gen_lora;
 
+/* A resident model (sdgen_model_load): the resolved model, its load-time
+ * settings (strings owned here), and the loaded bundle: a UNet-family model
+ * (configs, tokenizers, weights mapped and bound) or an opened SD3 pipeline
+ * (files mapped, tokenizers parsed; transformer and VAE bound per run). */
+struct sd_unet_model;
+struct sd3_pipeline;
+struct sdgen_model {
+  sdgen_params load;     /* the load params; its strings point into `text` */
+  char path[4096];       /* resolved local path of load.model */
+  const char *family;    /* "sd1", "sdxl", "sdxl-refiner", "sd3" or "" */
+  struct sd_unet_model *unet;
+  struct sd3_pipeline *sd3;
+  double t_load;         /* seconds; reported by the handle's first generation */
+  int generations;
+  sdgen_lora *loras;     /* copy of load.loras (paths in `text`) */
+  char *lora_sig;        /* the LoRA set unet was loaded with ("" none) */
+  char *text;            /* owned copies of the load params' strings */
+};
+
 typedef struct gen_run {
   sdgen_ctx *ctx;
   const sdgen_params *p;
+  struct sdgen_model *model; /* the loaded model this run generates with */
   sd_error *err;
   sd_monitor mon;
   /* settings resolved from the params and the model */
@@ -147,6 +167,42 @@ typedef struct gen_guard {
 void gen_guard_begin(gen_guard *g, const char *stage);
 int gen_guard_check(gen_run *r, gen_guard *g, float *out, int64_t count);
 void gen_guard_end(gen_guard *g);
+
+/* Validation before any model is loaded (issue 11): the parameters, the
+ * init image, the refiner (resolved into refiner_path, family checked
+ * against the base at model_path), the upscaler file (opened, its network
+ * bound), and every steps/strength combination that would leave a stage
+ * without a step. Every check of a file a run will need plugs in here
+ * (LoRA files, tiny VAEs): one clear error before the first weight is
+ * read. refiner_path may be NULL when the caller does not need it. */
+int gen_validate_inputs(const sdgen_params *p, const char *model_path, char *refiner_path,
+                        size_t refiner_n, sd_error *err);
+/* Opens an RRDBNet upscaler (safetensors or .pth) and checks that its
+ * scale can give `factor`; *net (and the weights it views) on success. */
+struct sd_rrdbnet;
+struct sd_pth;
+int gen_open_upscaler(const char *path, int factor, struct sd_weights **w, struct sd_pth **pth,
+                      struct sd_rrdbnet **net, sd_error *err);
+/* Resident handle helpers (gen_model.c): before a run, gives the pages of
+ * the handle's mappings back and resets the streaming switches a previous
+ * plan set; before the refiner, gives the base's pages back. */
+void gen_model_begin_run(struct sdgen_model *m);
+/* One generation with a loaded model: the one code path of sdgen_generate
+ * and sdgen_model_generate. */
+int gen_run_model(sdgen_ctx *ctx, struct sdgen_model *m, const sdgen_params *p,
+                  sdgen_result *res);
+void gen_model_release_pages(struct sdgen_model *m);
+/* The handle's UNet-family model for this run: reloaded (mapped, parsed,
+ * LoRAs attached) when r's LoRA set differs from the one it holds, or when
+ * a previous run dropped its text encoders (merged LoRA copies go with
+ * them). */
+struct sd_unet_model;
+int gen_model_unet(gen_run *r, struct sd_unet_model **out);
+/* A1111 `parameters` text of the run (gen_output.c). */
+void gen_infotext(const gen_run *r, char *buf, size_t n);
+/* The name a user knows a model by: the hub name (ORG/NAME) for a model in
+ * the Hugging Face cache, else the file or folder name. */
+void gen_model_display_name(const char *given, const char *path, char *out, size_t n);
 
 /* Shared helpers. */
 /* Family of a model on disk, read from model_index.json or the tensor

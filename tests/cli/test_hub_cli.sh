@@ -72,6 +72,34 @@ if [ -x "$DIFF" ]; then
     "hub image differs from the local-folder image"
 fi
 
+# 1b. the infotext and the JSON name models as users know them: the hub
+# name, never the snapshot hash, also for the refiner and when the snapshot
+# folder itself is passed
+png_params() { python3 - "$1" <<'PY'
+import struct,sys,zlib
+d=open(sys.argv[1],'rb').read(); i=8
+while i < len(d):
+    n,t=struct.unpack('>I4s',d[i:i+8]); c=d[i+8:i+8+n]; i+=12+n
+    if t==b'tEXt' and c.split(b'\0',1)[0]==b'parameters': print(c.split(b'\0',1)[1].decode('latin-1'))
+    if t==b'zTXt' and c.split(b'\0',1)[0]==b'parameters': print(zlib.decompress(c.split(b'\0',1)[1][1:]).decode('latin-1'))
+PY
+}
+check "png_params '$png' | grep -q 'Model: $REPO,'" "infotext model: $(png_params "$png" | tail -1)"
+snapdir=$(ls -d "$snapshot"/* | head -1)
+"$GEN" "x" --model "$snapdir" "${SMALL[@]}" --refiner "$REPO" --refiner-steps 2 \
+  --refiner-strength 0.5 --output "$T/o1b" -q >/dev/null 2>"$T/stderr"
+rc=$?
+png1b=$(ls "$T"/o1b/output_*_0.png 2>/dev/null | head -1)
+check "[ $rc -eq 0 ] && [ -n '$png1b' ]" "refiner run exit $rc: $(tail -1 "$T/stderr")"
+check "png_params '$png1b' | grep -q 'Model: $REPO, .*Refiner: $REPO'" \
+  "infotext with a snapshot path and a refiner: $(png_params "$png1b" | tail -1)"
+check "python3 - '${png1b%.png}.json' '$REPO' <<'PY'
+import json,sys
+m=json.load(open(sys.argv[1]))
+assert m['model']['name']==sys.argv[2], m['model']
+assert m['refiner']['name']==sys.argv[2], m['refiner']
+PY" "metadata model.name / refiner.name with a snapshot path"
+
 # 2. a second run resolves from the cache without a single request
 before=$(requests)
 "$GEN" "x" --model "$REPO" "${SMALL[@]}" --output "$T/o2" -q >/dev/null 2>"$T/stderr"

@@ -147,6 +147,28 @@ png=$(ls "$T"/decoded/output_*_0.png 2>/dev/null | head -1)
 d=$(python3 "$T/cmp.py" "$png" "$GOLD" txt2img_taesd.image_u8 2>&1)
 check "[ '$d' = 0 ] || [ '$d' = 1 ]" "--decode --vae image differs from the golden by $d levels"
 
+# 4c. the memory plan counts a full-size (64-channel) TAESD: its decode stage holds a block's
+# three 64-channel full-resolution buffers, and the measured peak stays under the prediction
+if [ -x "$BUILD/make_random_model" ]; then
+  "$BUILD/make_random_model" --arch taesd --out "$T/full" >/dev/null 2>&1
+  out="$T/fullplan"
+  "$GEN" x --model "$FIX/sd15" --steps 1 --width 256 --height 256 --vae "$T/full/taesd" \
+    --preview 1 --threads 1 -q --output "$out" >"$T/stdout" 2>"$T/stderr"
+  rc=$?
+  check "[ $rc -eq 0 ]" "full-size TAESD run exit $rc: $(tail -1 "$T/stderr")"
+  check "python3 - '$out' <<'PY'
+import json,glob,sys
+m=json.load(open(glob.glob(sys.argv[1]+'/*_0.json')[0]))
+mem=m['memory']; p=mem['plan']
+dec=[s for s in p['stages'] if s['stage']=='decode'][0]
+assert dec['activations_bytes'] >= 3*64*256*256*4, dec
+den=[s for s in p['stages'] if s['stage']=='denoise'][0]
+assert den['activations_bytes'] >= 3*64*256*256*4, den   # the previews decode inside it
+peak=max(s['process_peak_rss_bytes'] for s in mem['stages'])
+assert peak <= p['predicted_peak_bytes'], (peak, p['predicted_peak_bytes'])
+PY" "plan with a full-size TAESD"
+fi
+
 # 5. refusals before generation: one error line, exit 1, nothing written
 out="$T/refused"
 "$GEN" "$PROMPT" "${ARGS[@]}" --vae "$FIX/taesd3" --output "$out" >"$T/stdout" 2>"$T/stderr"

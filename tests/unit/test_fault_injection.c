@@ -259,6 +259,7 @@ static run_outcome run_once(sdgen_ctx *ctx, sdgen_params *p, int64_t n, int stic
                 (long long)n, mode, ev.latents_kept);
     }
   }
+  sdgen_result_free(&res);
   empty_out_dir();
   o.ok = t_failed == failed_before;
   return o;
