@@ -270,30 +270,17 @@ static uint64_t random_seed(void) {
 
 /* ---- resident models ----
  *
- * The resident-model handle (sdgen_model_load / _generate / _free) and
- * sdgen_result_free come with the library's api work; until a library has
- * them, these weak references are NULL and each request loads its model
- * through sdgen_generate. With them, up to max_models handles stay loaded,
- * keyed by what shapes a loaded model (path and decoder), and the least
- * recently used is released first. Each generation still runs the memory
- * plan under max_memory. */
-#pragma weak sdgen_model_load
-#pragma weak sdgen_model_generate
-#pragma weak sdgen_model_free
-void sdgen_result_free(sdgen_result *result);
-#pragma weak sdgen_result_free
-
+ * Up to max_models handles (sdgen_model_load) stay loaded, keyed by what
+ * shapes a loaded model (path and decoder); the least recently used is
+ * released first. Each generation still runs the memory plan under
+ * max_memory. max_models 0: every request loads its model. */
 static void result_free(sdgen_result *res) {
-  if (sdgen_result_free) sdgen_result_free(res);
+  sdgen_result_free(res);
   free(res);
 }
 
-static int resident_available(void) {
-  return sdgen_model_load && sdgen_model_generate && sdgen_model_free;
-}
-
 static int run_generation(srv_engine *e, const sdgen_params *p, sdgen_result *res) {
-  if (!resident_available() || e->max_models <= 0) return sdgen_generate(e->ctx, p, res);
+  if (e->max_models <= 0) return sdgen_generate(e->ctx, p, res);
   char key[sizeof e->models_cache[0].key];
   snprintf(key, sizeof key, "%s|%s", p->model, p->vae ? p->vae : "");
   srv_resident *slot = NULL;
