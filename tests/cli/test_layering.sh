@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
-# Clients use only the public header: every #include "..." in src/cli is
-# "sdgen.h" or another src/cli file (issue 13). Fails naming the line.
+# Clients use only the public header (issue 13): every #include "..." in
+# src/cli and src/server is "sdgen.h" or a header of the client's own folder;
+# the CLI may also include server/server.h, the entry points of its `serve`
+# and `worker` subcommands (the server is a client beside it, not a lower
+# layer). Fails naming the line.
 # usage: test_layering.sh BUILD_DIR FIXTURES_DIR (both unused)
 set -u
-SRC="$(cd "$(dirname "$0")/../.." && pwd)/src/cli"
-bad=$(grep -Hn '^[[:space:]]*#[[:space:]]*include[[:space:]]*"' "$SRC"/*.c "$SRC"/*.h |
-      grep -v '#[[:space:]]*include[[:space:]]*"\(sdgen\.h\|cli/[A-Za-z0-9_]*\.h\)"')
-n=$(ls "$SRC"/*.c | wc -l)
-if [ -n "$bad" ]; then
-  echo "FAIL: src/cli includes internal headers (use include/sdgen.h):"
-  echo "$bad"
-  echo "0 passed, 1 failed"
+TOP="$(cd "$(dirname "$0")/../.." && pwd)/src"
+fail=0 n=0
+check() { # folder, allowed include pattern
+  local dir="$TOP/$1" bad
+  [ -d "$dir" ] || { echo "FAIL: no sources under $dir"; fail=$((fail + 1)); return; }
+  n=$((n + $(ls "$dir"/*.c | wc -l)))
+  bad=$(grep -Hn '^[[:space:]]*#[[:space:]]*include[[:space:]]*"' "$dir"/*.c "$dir"/*.h |
+        grep -v "#[[:space:]]*include[[:space:]]*\"\\(sdgen\\.h\\|$2\\)\"")
+  if [ -n "$bad" ]; then
+    echo "FAIL: src/$1 includes internal headers (use include/sdgen.h):"
+    echo "$bad"
+    fail=$((fail + 1))
+  fi
+}
+check cli 'cli/[A-Za-z0-9_]*\.h\|server/server\.h'
+check server 'server/[A-Za-z0-9_]*\.h'
+if [ "$fail" -gt 0 ]; then
+  echo "$((2 - fail)) passed, $fail failed"
   exit 1
 fi
-[ "$n" -gt 0 ] || { echo "FAIL: no CLI sources under $SRC"; exit 1; }
-echo "1 passed, 0 failed ($n CLI sources include only sdgen.h and cli/)"
+echo "2 passed, 0 failed ($n client sources include only sdgen.h and their own headers)"
