@@ -156,16 +156,22 @@ if [ -x "$BUILD/make_random_model" ]; then
     --preview 1 --threads 1 -q --output "$out" >"$T/stdout" 2>"$T/stderr"
   rc=$?
   check "[ $rc -eq 0 ]" "full-size TAESD run exit $rc: $(tail -1 "$T/stderr")"
-  check "python3 - '$out' <<'PY'
+  # Under AddressSanitizer the RSS holds shadow memory and the quarantine:
+  # there the tracked allocator's peak is held to the plan, the RSS is not.
+  rss=1; ldd "$GEN" 2>/dev/null | grep -q libasan && rss=0
+  check "python3 - '$out' $rss <<'PY'
 import json,glob,sys
+rss=sys.argv[2]=='1'
 m=json.load(open(glob.glob(sys.argv[1]+'/*_0.json')[0]))
 mem=m['memory']; p=mem['plan']
 dec=[s for s in p['stages'] if s['stage']=='decode'][0]
 assert dec['activations_bytes'] >= 3*64*256*256*4, dec
 den=[s for s in p['stages'] if s['stage']=='denoise'][0]
 assert den['activations_bytes'] >= 3*64*256*256*4, den   # the previews decode inside it
+tracked=max(s['tracked_peak_bytes'] for s in mem['stages'])
+assert tracked <= p['predicted_peak_bytes'], (tracked, p['predicted_peak_bytes'])
 peak=max(s['process_peak_rss_bytes'] for s in mem['stages'])
-assert peak <= p['predicted_peak_bytes'], (peak, p['predicted_peak_bytes'])
+assert not rss or peak <= p['predicted_peak_bytes'], (peak, p['predicted_peak_bytes'])
 PY" "plan with a full-size TAESD"
 fi
 
