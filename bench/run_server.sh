@@ -72,7 +72,8 @@ t0 = time.time()
 for i in range(n):
     args = [gen, req["prompt"], "--model", model, "--steps", str(req["steps"]), "--cfg", str(req["cfg_scale"]),
             "--width", str(req["width"]), "--height", str(req["height"]), "--seed", str(200 + i),
-            "--output", os.path.join(t, "cli"), "-q"] + (["--sampler", sampler] if sampler else [])
+            "--output", os.path.join(t, "cli"), "-q"] + (["--sampler", sampler] if sampler else []) \
+           + (["--vae", req["vae"]] if req.get("vae") else [])
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
 res["processes_images_per_min"] = 60 * n / (time.time() - t0)
 print("processes: %d runs, %.2f images/min" % (n, res["processes_images_per_min"]))
